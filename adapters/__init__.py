@@ -1,0 +1,1 @@
+"""Everything that touches the outside: the store, the codec, brokers."""

@@ -1,0 +1,220 @@
+"""The ledger's event store, chosen by URL.
+
+- `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: one local
+  file in WAL mode with synchronous=FULL, created 0600 (the default).
+- `postgresql://user:password@host:port/database[?schema=name]`: a
+  PostgreSQL database through a psycopg connection pool.
+
+Either way it is an eventsourcing `Application` with our MessagePack
+mapper; `save(*aggregates)` is one atomic transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import Application
+from eventsourcing.persistence import Mapper, PersistenceError
+from eventsourcing.utils import Environment, EnvType, get_topic
+
+from adapters.codec import MsgspecMapper
+from adapters.sqlite_store import DurableSQLiteFactory, create_private_file
+from ledger.account import Account
+from ledger.catalogue import EVENT_TYPES
+
+DEFAULT_STORE_URL = "sqlite:///./ledger.db"
+
+# The version of the tables this code writes. Stored in the database, so an
+# older ledger refuses a store a newer one has migrated.
+SCHEMA_VERSION = 1
+
+# Accounts see the most events (every reservation, settlement, fee); a
+# snapshot every this many events bounds the replay needed to load one.
+ACCOUNT_SNAPSHOT_INTERVAL = 100
+
+
+class StoreError(Exception):
+    """Raised when a store URL is malformed or the store cannot be opened as the ledger's."""
+
+
+class StoreKind(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A parsed store URL. `describe()` is safe to print: it never shows a password."""
+
+    kind: StoreKind
+    environment: dict[str, str]
+    path: Path | None = None
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path.resolve())
+        env = self.environment
+        return (
+            f"postgresql://{env['POSTGRES_USER']}@{env['POSTGRES_HOST']}:"
+            f"{env['POSTGRES_PORT']}/{env['POSTGRES_DBNAME']}"
+            + (f"?schema={env['POSTGRES_SCHEMA']}" if env.get("POSTGRES_SCHEMA") else "")
+        )
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """Parse `url` into a store location, or raise `StoreError` saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+            raise StoreError(f"a SQLite store URL is sqlite:///path/to/ledger.db, not {url!r}")
+        path = Path(unquote(parts.path[1:]))
+        environment = {
+            "PERSISTENCE_MODULE": get_topic(DurableSQLiteFactory),
+            "SQLITE_DBNAME": str(path),
+        }
+        return StoreLocation(StoreKind.SQLITE, environment, path=path)
+    if parts.scheme in {"postgresql", "postgres"}:
+        database = unquote(parts.path.lstrip("/"))
+        if not parts.hostname or not database:
+            raise StoreError("a PostgreSQL store URL is postgresql://user:password@host:port/db")
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise StoreError("the PostgreSQL port in the store URL is not a number") from None
+        options = parse_qs(parts.query)
+        environment = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": database,
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username or ""),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_SCHEMA": options.get("schema", [""])[0],
+        }
+        return StoreLocation(StoreKind.POSTGRESQL, environment)
+    shown = parts.scheme or url.split(":", 1)[0] or "(none)"
+    raise StoreError(f"unknown store kind {shown!r}: use sqlite:/// or postgresql://")
+
+
+class LedgerApplication(Application[UUID]):
+    """The eventsourcing application that holds the ledger's aggregates."""
+
+    name = "ledger"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Account: ACCOUNT_SNAPSHOT_INTERVAL}
+    snapshotting_projectors: ClassVar[dict[type[Any], Any]] = {Account: Account.project}
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        # Only the store URL configures the ledger: variables that happen to
+        # be in the process environment (a CIPHER_KEY, a PERSISTENCE_MODULE)
+        # must not silently change how money is stored.
+        settings = {"IS_SNAPSHOTTING_ENABLED": "y"}
+        settings.update(env or {})
+        return Environment(name, settings)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return MsgspecMapper(
+            EVENT_TYPES, compressor=self.factory.compressor(), cipher=self.factory.cipher()
+        )
+
+
+class StoreInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What `ledger info` reports about a store."""
+
+    kind: str
+    location: str
+    event_count: int
+    last_sequence: int
+    schema_version: int
+
+
+class Store:
+    """An open ledger store: the application, and facts about the database under it."""
+
+    def __init__(self, location: StoreLocation) -> None:
+        self.location = location
+        if location.path is not None:
+            _prepare_sqlite_file(location.path)
+        try:
+            self.application = LedgerApplication(env=location.environment)
+            self._check_schema_version()
+        except PersistenceError as error:
+            raise StoreError(f"cannot open {location.describe()}: {error}") from error
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(parse_store_url(url))
+
+    def close(self) -> None:
+        self.application.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def info(self) -> StoreInfo:
+        table = self.application.recorder.events_table_name  # type: ignore[attr-defined]
+        count = self._scalar(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - our own table name
+        return StoreInfo(
+            kind=self.location.kind.value,
+            location=self.location.describe(),
+            event_count=count,
+            last_sequence=self.application.recorder.max_notification_id() or 0,
+            schema_version=self._scalar(f"SELECT version FROM {self._schema_table}"),  # noqa: S608
+        )
+
+    @property
+    def _schema_table(self) -> str:
+        if self.location.kind is StoreKind.POSTGRESQL:
+            schema = self.application.recorder.datastore.schema  # type: ignore[attr-defined]
+            return f'"{schema}".ledger_schema'
+        return "ledger_schema"
+
+    def _check_schema_version(self) -> None:
+        table = self._schema_table
+        with self._transaction(commit=True) as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+            # Written once, by whichever process opens the new store first.
+            cursor.execute(
+                f"INSERT INTO {table} (version) SELECT {SCHEMA_VERSION} "  # noqa: S608
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table})"
+            )
+            cursor.execute(f"SELECT version FROM {table}")  # noqa: S608 - our own table
+            stored = _first(cursor.fetchone())
+        if stored > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.location.describe()} has schema version {stored}; this ledger "
+                f"understands up to {SCHEMA_VERSION}: upgrade the ledger"
+            )
+
+    def _scalar(self, statement: str) -> int:
+        with self._transaction(commit=False) as cursor:
+            cursor.execute(statement)
+            return int(_first(cursor.fetchone()))
+
+    def _transaction(self, *, commit: bool) -> AbstractContextManager[Any]:
+        datastore = self.application.recorder.datastore  # type: ignore[attr-defined]
+        return cast("AbstractContextManager[Any]", datastore.transaction(commit=commit))
+
+
+def _first(row: object) -> int:
+    # sqlite3.Row and psycopg's dict rows both answer to an index or a key.
+    value = next(iter(row.values())) if isinstance(row, dict) else row[0]  # type: ignore[index]
+    return int(value)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise StoreError(f"the folder for {path} does not exist")
+    try:
+        create_private_file(path)
+    except OSError as error:
+        raise StoreError(f"cannot create {path}: {error.strerror}") from error

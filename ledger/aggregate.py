@@ -1,0 +1,98 @@
+"""What the three aggregates share: identity, version, and events waiting to be saved.
+
+An aggregate never changes its state directly. A command checks its
+guards, builds an event, and `_trigger` applies it and queues it; loading
+from the store applies the same events through `project`. So the state
+after a command and the state after a reload cannot differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Self
+from uuid import UUID
+
+from ledger.events import Event
+from ledger.invariants import invariant
+
+
+class Aggregate:
+    """Base class for Account, Position and Intent."""
+
+    def __init__(self, aggregate_id: UUID) -> None:
+        self._id = aggregate_id
+        self.version = 0
+        self._pending: list[Event] = []
+
+    @property
+    def id(self) -> UUID:
+        return self._id
+
+    def collect_events(self) -> list[Event]:
+        """Hand over the events not yet saved (eventsourcing's save() calls this)."""
+        events, self._pending = self._pending, []
+        return events
+
+    def _trigger(
+        self,
+        event_class: type[Event],
+        *,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+        **fields: object,
+    ) -> None:
+        event = event_class(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            **fields,
+        )
+        self._apply_checked(event)
+        self._pending.append(event)
+
+    def _apply_checked(self, event: Event) -> None:
+        invariant(event.originator_id == self.id, f"{event!r} belongs to another aggregate")
+        invariant(
+            event.originator_version == self.version + 1,
+            f"{type(event).__name__} v{event.originator_version} after v{self.version}",
+        )
+        self._apply(event)
+        self.version = event.originator_version
+        self._check_invariants()
+
+    def _apply(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def _check_invariants(self) -> None:
+        """Checked after every event, on the way in and on every reload."""
+
+    @classmethod
+    def _create(cls, event: Event) -> Self:
+        """The aggregate from its first stored event (a creation event or a snapshot)."""
+        aggregate = cls._blank(event.originator_id, version=0)
+        aggregate._apply_checked(event)
+        return aggregate
+
+    @classmethod
+    def project(cls, aggregate: Self | None, events: Iterable[Any]) -> Self | None:
+        """Fold stored events (and at most one leading snapshot) into an aggregate.
+
+        This is the projector function handed to eventsourcing's repository.
+        """
+        for event in events:
+            if aggregate is None:
+                aggregate = cls._create(event)
+            else:
+                aggregate._apply_checked(event)
+        return aggregate
+
+    @classmethod
+    def _blank(cls, aggregate_id: UUID, *, version: int) -> Self:
+        # Bypasses the subclass's creating constructor: the first event (or
+        # snapshot) sets every attribute of the new instance.
+        aggregate = cls.__new__(cls)
+        Aggregate.__init__(aggregate, aggregate_id)
+        aggregate.version = version
+        return aggregate

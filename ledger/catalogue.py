@@ -1,0 +1,10 @@
+"""Every event type that can be in the store, by stored name."""
+
+from __future__ import annotations
+
+from ledger.account import ACCOUNT_EVENTS
+from ledger.events import EventTypes
+from ledger.intent import INTENT_EVENTS
+from ledger.position import POSITION_EVENTS
+
+EVENT_TYPES = EventTypes(ACCOUNT_EVENTS + POSITION_EVENTS + INTENT_EVENTS)

@@ -1,0 +1,337 @@
+"""The Position aggregate: one open position, from its opening fill to its close.
+
+A state machine with two states, open and closed. Every command checks the
+position is open; nothing happens to a closed position.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import ClassVar, Self
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from ledger.aggregate import Aggregate
+from ledger.errors import IllegalTransition, InvalidValue
+from ledger.events import Event
+from ledger.instruments import Instrument, Price, Quantity, Side
+from ledger.invariants import invariant
+from ledger.money import Money
+
+POSITION_NAMESPACE = uuid5(NAMESPACE_URL, "ledger:position")
+
+
+def position_id(intent_id: UUID) -> UUID:
+    """The id of the position an opening intent creates.
+
+    Derived, not random: recovery that completes the same intent twice
+    addresses the same position and cannot open a second one.
+    """
+    return uuid5(POSITION_NAMESPACE, str(intent_id))
+
+
+class Provenance(enum.StrEnum):
+    """Where a position came from."""
+
+    INTENT = "intent"
+    """Opened by the ledger through a recorded intent."""
+    ADOPTED = "adopted"
+    """Found at the broker with no intent behind it and adopted as external."""
+
+
+class PositionStatus(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.StrEnum):
+    REQUESTED = "requested"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    LIQUIDATED = "liquidated"
+    EXTERNAL = "external"
+    """Closed at the broker by someone else (a manual close)."""
+
+
+class PositionOpened(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.opened"
+    account_id: UUID
+    instrument: Instrument
+    side: Side
+    quantity: Decimal
+    entry_price: Decimal
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    broker_ref: str | None = None
+    client_id: str | None = None
+    provenance: Provenance = Provenance.INTENT
+    intent_id: UUID | None = None
+
+
+class StopLossChanged(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.stop_loss_changed"
+    old: Decimal | None
+    new: Decimal | None
+    reason: str
+    intent_id: UUID | None = None
+
+
+class TakeProfitChanged(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.take_profit_changed"
+    old: Decimal | None
+    new: Decimal | None
+    reason: str
+    intent_id: UUID | None = None
+
+
+class PartiallyClosed(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.partially_closed"
+    quantity: Decimal
+    price: Decimal
+    pnl: Money
+    intent_id: UUID | None = None
+    broker_ref: str | None = None
+
+
+class PositionClosed(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.closed"
+    quantity: Decimal
+    price: Decimal
+    pnl: Money
+    reason: CloseReason
+    intent_id: UUID | None = None
+    broker_ref: str | None = None
+
+
+POSITION_EVENTS: tuple[type[Event], ...] = (
+    PositionOpened,
+    StopLossChanged,
+    TakeProfitChanged,
+    PartiallyClosed,
+    PositionClosed,
+)
+
+
+class Position(Aggregate):
+    """A position in one instrument, long or short."""
+
+    account_id: UUID
+    instrument: Instrument
+    side: Side
+    status: PositionStatus
+    quantity: Quantity
+    """What is still open."""
+    entry_price: Price
+    stop_loss: Price | None
+    take_profit: Price | None
+    broker_ref: str | None
+    client_id: str | None
+    provenance: Provenance
+    intent_id: UUID | None
+    realised_pnl: Money
+
+    @classmethod
+    def open(  # noqa: PLR0913 - every fact of an opening fill, by keyword
+        cls,
+        position_id: UUID,
+        *,
+        account_id: UUID,
+        instrument: Instrument,
+        side: Side,
+        quantity: Quantity,
+        entry_price: Price,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+        stop_loss: Price | None = None,
+        take_profit: Price | None = None,
+        broker_ref: str | None = None,
+        client_id: str | None = None,
+        provenance: Provenance = Provenance.INTENT,
+        intent_id: UUID | None = None,
+    ) -> Self:
+        instrument.quantity(quantity)
+        instrument.price(entry_price, field="entry_price")
+        _check_protection(instrument, side, stop_loss, take_profit)
+        if provenance is Provenance.INTENT and intent_id is None:
+            raise InvalidValue("intent_id", "a position opened by the ledger names its intent")
+        position = cls._blank(position_id, version=0)
+        position._trigger(
+            PositionOpened,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            account_id=account_id,
+            instrument=instrument,
+            side=side,
+            quantity=quantity,
+            entry_price=entry_price,
+            stop_loss=stop_loss,
+            take_profit=take_profit,
+            broker_ref=broker_ref,
+            client_id=client_id,
+            provenance=provenance,
+            intent_id=intent_id,
+        )
+        return position
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is PositionStatus.OPEN
+
+    def change_stop_loss(
+        self,
+        new: Price | None,
+        reason: str,
+        *,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+        intent_id: UUID | None = None,
+    ) -> None:
+        """Move (or remove, with None) the stop-loss. No event if nothing changes."""
+        self._check_open("change the stop-loss of")
+        _check_protection(self.instrument, self.side, new, self.take_profit)
+        if new == self.stop_loss:
+            return
+        self._trigger(
+            StopLossChanged,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            old=self.stop_loss,
+            new=new,
+            reason=reason,
+            intent_id=intent_id,
+        )
+
+    def change_take_profit(
+        self,
+        new: Price | None,
+        reason: str,
+        *,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+        intent_id: UUID | None = None,
+    ) -> None:
+        """Move (or remove, with None) the take-profit. No event if nothing changes."""
+        self._check_open("change the take-profit of")
+        _check_protection(self.instrument, self.side, self.stop_loss, new)
+        if new == self.take_profit:
+            return
+        self._trigger(
+            TakeProfitChanged,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            old=self.take_profit,
+            new=new,
+            reason=reason,
+            intent_id=intent_id,
+        )
+
+    def close(
+        self,
+        quantity: Quantity,
+        price: Price,
+        *,
+        recorded_at: datetime,
+        reason: CloseReason = CloseReason.REQUESTED,
+        venue_time: datetime | None = None,
+        intent_id: UUID | None = None,
+        broker_ref: str | None = None,
+    ) -> Money:
+        """Close `quantity` at `price`: all that is open closes the position.
+
+        Returns the realised P&L of this close.
+        """
+        self._check_open("close")
+        self.instrument.quantity(quantity)
+        self.instrument.price(price)
+        if quantity > self.quantity:
+            raise InvalidValue("quantity", f"{quantity} is more than the {self.quantity} open")
+        pnl = self.instrument.pnl(self.side, quantity, self.entry_price, price)
+        fields = {"quantity": quantity, "price": price, "pnl": pnl, "intent_id": intent_id}
+        if quantity == self.quantity:
+            self._trigger(
+                PositionClosed,
+                recorded_at=recorded_at,
+                venue_time=venue_time,
+                reason=reason,
+                broker_ref=broker_ref,
+                **fields,
+            )
+        else:
+            self._trigger(
+                PartiallyClosed,
+                recorded_at=recorded_at,
+                venue_time=venue_time,
+                broker_ref=broker_ref,
+                **fields,
+            )
+        return pnl
+
+    def _check_open(self, action: str) -> None:
+        if not self.is_open:
+            raise IllegalTransition(f"cannot {action} position {self.id}: it is closed")
+
+    def _apply(self, event: Event) -> None:
+        match event:
+            case PositionOpened():
+                self.account_id = event.account_id
+                self.instrument = event.instrument
+                self.side = event.side
+                self.status = PositionStatus.OPEN
+                self.quantity = Quantity(event.quantity)
+                self.entry_price = Price(event.entry_price)
+                self.stop_loss = _price_or_none(event.stop_loss)
+                self.take_profit = _price_or_none(event.take_profit)
+                self.broker_ref = event.broker_ref
+                self.client_id = event.client_id
+                self.provenance = event.provenance
+                self.intent_id = event.intent_id
+                self.realised_pnl = Money.zero(event.instrument.quote_currency)
+            case StopLossChanged():
+                self.stop_loss = _price_or_none(event.new)
+            case TakeProfitChanged():
+                self.take_profit = _price_or_none(event.new)
+            case PartiallyClosed():
+                self.quantity = Quantity(self.quantity - event.quantity)
+                self.realised_pnl += event.pnl
+            case PositionClosed():
+                self.quantity = Quantity(self.quantity - event.quantity)
+                self.realised_pnl += event.pnl
+                self.status = PositionStatus.CLOSED
+            case _:
+                raise IllegalTransition(f"a position cannot apply {type(event).__name__}")
+
+    def _check_invariants(self) -> None:
+        if self.is_open:
+            invariant(self.quantity > 0, f"position {self.id} open with {self.quantity}")
+        else:
+            invariant(self.quantity == 0, f"position {self.id} closed with {self.quantity} left")
+
+    @classmethod
+    def _create(cls, event: Event) -> Self:
+        if not isinstance(event, PositionOpened):
+            raise IllegalTransition(f"a position starts with position.opened, not {event!r}")
+        return super()._create(event)
+
+
+def _price_or_none(value: Decimal | None) -> Price | None:
+    return None if value is None else Price(value)
+
+
+def _check_protection(
+    instrument: Instrument, side: Side, stop_loss: Price | None, take_profit: Price | None
+) -> None:
+    """Stop-loss and take-profit lie on the tick, and on either side of each other."""
+    if stop_loss is not None:
+        instrument.price(stop_loss, field="stop_loss")
+    if take_profit is not None:
+        instrument.price(take_profit, field="take_profit")
+    # A long is protected below and takes profit above; a short the reverse.
+    if (
+        stop_loss is not None
+        and take_profit is not None
+        and (take_profit - stop_loss) * side.sign <= 0
+    ):
+        raise InvalidValue(
+            "stop_loss", f"{stop_loss} must be on the other side of take-profit {take_profit}"
+        )
