@@ -2,8 +2,8 @@
 
 - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: one local
   file in WAL mode with synchronous=FULL, created 0600 (the default).
-- `postgresql://user:password@host:port/database[?schema=name]`: a
-  PostgreSQL database through a psycopg connection pool.
+- `postgresql://user:password@host:port/database[?schema=name&connect_timeout=5]`:
+  a PostgreSQL database through a psycopg connection pool.
 
 Either way it is an eventsourcing `Application` with our MessagePack
 mapper; `save(*aggregates)` is one atomic transaction.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -54,7 +54,7 @@ class StoreLocation:
     """A parsed store URL. `describe()` is safe to print: it never shows a password."""
 
     kind: StoreKind
-    environment: dict[str, str]
+    environment: dict[str, str] = field(repr=False)  # holds the password
     path: Path | None = None
 
     def describe(self) -> str:
@@ -97,6 +97,9 @@ def parse_store_url(url: str) -> StoreLocation:
             "POSTGRES_USER": unquote(parts.username or ""),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_SCHEMA": options.get("schema", [""])[0],
+            # Seconds to wait for a connection: an operator at a terminal
+            # should hear that the database is unreachable, not wait 30 s.
+            "POSTGRES_CONNECT_TIMEOUT": options.get("connect_timeout", ["5"])[0],
         }
         return StoreLocation(StoreKind.POSTGRESQL, environment)
     shown = parts.scheme or url.split(":", 1)[0] or "(none)"
@@ -161,25 +164,25 @@ class Store:
         self.close()
 
     def info(self) -> StoreInfo:
-        table = self.application.recorder.events_table_name  # type: ignore[attr-defined]
-        count = self._scalar(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - our own table name
+        events = self._table(self.application.recorder.events_table_name)  # type: ignore[attr-defined]
+        count = self._scalar(f"SELECT COUNT(*) FROM {events}")  # noqa: S608 - our own table name
         return StoreInfo(
             kind=self.location.kind.value,
             location=self.location.describe(),
             event_count=count,
             last_sequence=self.application.recorder.max_notification_id() or 0,
-            schema_version=self._scalar(f"SELECT version FROM {self._schema_table}"),  # noqa: S608
+            schema_version=self._scalar(f"SELECT version FROM {self._table('ledger_schema')}"),  # noqa: S608
         )
 
-    @property
-    def _schema_table(self) -> str:
+    def _table(self, name: str) -> str:
+        """`name` qualified with the PostgreSQL schema the store URL chose."""
         if self.location.kind is StoreKind.POSTGRESQL:
             schema = self.application.recorder.datastore.schema  # type: ignore[attr-defined]
-            return f'"{schema}".ledger_schema'
-        return "ledger_schema"
+            return f'"{schema}"."{name}"'
+        return name
 
     def _check_schema_version(self) -> None:
-        table = self._schema_table
+        table = self._table("ledger_schema")
         with self._transaction(commit=True) as cursor:
             cursor.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
             # Written once, by whichever process opens the new store first.
