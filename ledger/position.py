@@ -69,39 +69,40 @@ class PositionOpened(Event, frozen=True, kw_only=True):
     intent_id: UUID | None = None
 
 
-class StopLossChanged(Event, frozen=True, kw_only=True):
+class ProtectionChanged(Event, frozen=True, kw_only=True):
+    """A protective level moved from `old` to `new` (None: no level)."""
+
+    old: Decimal | None
+    new: Decimal | None
+    reason: str
+    intent_id: UUID | None = None
+
+
+class StopLossChanged(ProtectionChanged, frozen=True, kw_only=True):
     stored_name: ClassVar[str] = "position.stop_loss_changed"
-    old: Decimal | None
-    new: Decimal | None
-    reason: str
-    intent_id: UUID | None = None
 
 
-class TakeProfitChanged(Event, frozen=True, kw_only=True):
+class TakeProfitChanged(ProtectionChanged, frozen=True, kw_only=True):
     stored_name: ClassVar[str] = "position.take_profit_changed"
-    old: Decimal | None
-    new: Decimal | None
-    reason: str
+
+
+class ClosingFill(Event, frozen=True, kw_only=True):
+    """`quantity` of the position closed at `price`, realising `pnl`."""
+
+    quantity: Decimal
+    price: Decimal
+    pnl: Money
     intent_id: UUID | None = None
+    broker_ref: str | None = None
 
 
-class PartiallyClosed(Event, frozen=True, kw_only=True):
+class PartiallyClosed(ClosingFill, frozen=True, kw_only=True):
     stored_name: ClassVar[str] = "position.partially_closed"
-    quantity: Decimal
-    price: Decimal
-    pnl: Money
-    intent_id: UUID | None = None
-    broker_ref: str | None = None
 
 
-class PositionClosed(Event, frozen=True, kw_only=True):
+class PositionClosed(ClosingFill, frozen=True, kw_only=True):
     stored_name: ClassVar[str] = "position.closed"
-    quantity: Decimal
-    price: Decimal
-    pnl: Money
     reason: CloseReason
-    intent_id: UUID | None = None
-    broker_ref: str | None = None
 
 
 POSITION_EVENTS: tuple[type[Event], ...] = (
@@ -190,17 +191,16 @@ class Position(Aggregate):
         """Move (or remove, with None) the stop-loss. No event if nothing changes."""
         self._check_open("change the stop-loss of")
         _check_protection(self.instrument, self.side, new, self.take_profit)
-        if new == self.stop_loss:
-            return
-        self._trigger(
-            StopLossChanged,
-            recorded_at=recorded_at,
-            venue_time=venue_time,
-            old=self.stop_loss,
-            new=new,
-            reason=reason,
-            intent_id=intent_id,
-        )
+        if new != self.stop_loss:
+            self._trigger(
+                StopLossChanged,
+                recorded_at=recorded_at,
+                venue_time=venue_time,
+                old=self.stop_loss,
+                new=new,
+                reason=reason,
+                intent_id=intent_id,
+            )
 
     def change_take_profit(
         self,
@@ -214,17 +214,16 @@ class Position(Aggregate):
         """Move (or remove, with None) the take-profit. No event if nothing changes."""
         self._check_open("change the take-profit of")
         _check_protection(self.instrument, self.side, self.stop_loss, new)
-        if new == self.take_profit:
-            return
-        self._trigger(
-            TakeProfitChanged,
-            recorded_at=recorded_at,
-            venue_time=venue_time,
-            old=self.take_profit,
-            new=new,
-            reason=reason,
-            intent_id=intent_id,
-        )
+        if new != self.take_profit:
+            self._trigger(
+                TakeProfitChanged,
+                recorded_at=recorded_at,
+                venue_time=venue_time,
+                old=self.take_profit,
+                new=new,
+                reason=reason,
+                intent_id=intent_id,
+            )
 
     def close(
         self,
@@ -247,24 +246,18 @@ class Position(Aggregate):
         if quantity > self.quantity:
             raise InvalidValue("quantity", f"{quantity} is more than the {self.quantity} open")
         pnl = self.instrument.pnl(self.side, quantity, self.entry_price, price)
-        fields = {"quantity": quantity, "price": price, "pnl": pnl, "intent_id": intent_id}
-        if quantity == self.quantity:
-            self._trigger(
-                PositionClosed,
-                recorded_at=recorded_at,
-                venue_time=venue_time,
-                reason=reason,
-                broker_ref=broker_ref,
-                **fields,
-            )
-        else:
-            self._trigger(
-                PartiallyClosed,
-                recorded_at=recorded_at,
-                venue_time=venue_time,
-                broker_ref=broker_ref,
-                **fields,
-            )
+        closes_all = quantity == self.quantity
+        self._trigger(
+            PositionClosed if closes_all else PartiallyClosed,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            quantity=quantity,
+            price=price,
+            pnl=pnl,
+            intent_id=intent_id,
+            broker_ref=broker_ref,
+            **({"reason": reason} if closes_all else {}),
+        )
         return pnl
 
     def _check_open(self, action: str) -> None:
