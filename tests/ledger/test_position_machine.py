@@ -54,7 +54,9 @@ def now() -> datetime:
 
 def expected_pnl(side: Side, qty: Decimal, entry: Decimal, exit_price: Decimal) -> Decimal:
     sign = 1 if side is Side.LONG else -1
-    return ((exit_price - entry) * qty * sign).quantize(CENT, rounding=decimal.ROUND_HALF_EVEN)
+    rounded = ((exit_price - entry) * qty * sign).quantize(CENT, rounding=decimal.ROUND_HALF_EVEN)
+    # A loss that rounds to nothing is 0.00, not -0.00.
+    return abs(rounded) if rounded.is_zero() else rounded
 
 
 def protection_is_valid(side: Side, stop_loss: Decimal | None, take_profit: Decimal | None) -> bool:
