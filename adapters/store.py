@@ -146,9 +146,17 @@ class Store:
             _prepare_sqlite_file(location.path)
         try:
             self.application = LedgerApplication(env=location.environment)
-            self._check_schema_version()
         except PersistenceError as error:
             raise StoreError(f"cannot open {location.describe()}: {error}") from error
+        try:
+            self._check_durability()
+            self._check_schema_version()
+        except PersistenceError as error:
+            self.close()
+            raise StoreError(f"cannot open {location.describe()}: {error}") from error
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -181,6 +189,25 @@ class Store:
             return f'"{schema}"."{name}"'
         return name
 
+    def _check_durability(self) -> None:
+        """Refuse a PostgreSQL server that would acknowledge commits it has not flushed.
+
+        (SQLite's equivalent is checked on every connection by the pool.)
+        """
+        if self.location.kind is not StoreKind.POSTGRESQL:
+            return
+        with self._transaction(commit=False) as cursor:
+            cursor.execute("SHOW fsync")
+            fsync = _first(cursor.fetchone())
+            cursor.execute("SHOW synchronous_commit")
+            synchronous_commit = _first(cursor.fetchone())
+        if fsync != "on" or synchronous_commit == "off":
+            raise StoreError(
+                f"{self.location.describe()} runs with fsync={fsync}, "
+                f"synchronous_commit={synchronous_commit}: a commit could be lost; "
+                "the ledger needs fsync=on and synchronous_commit other than off"
+            )
+
     def _check_schema_version(self) -> None:
         table = self._table("ledger_schema")
         with self._transaction(commit=True) as cursor:
@@ -191,7 +218,7 @@ class Store:
                 f"WHERE NOT EXISTS (SELECT 1 FROM {table})"
             )
             cursor.execute(f"SELECT version FROM {table}")  # noqa: S608 - our own table
-            stored = _first(cursor.fetchone())
+            stored = int(_first(cursor.fetchone()))
         if stored > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.location.describe()} has schema version {stored}; this ledger "
@@ -208,10 +235,13 @@ class Store:
         return cast("AbstractContextManager[Any]", datastore.transaction(commit=commit))
 
 
-def _first(row: object) -> int:
-    # sqlite3.Row and psycopg's dict rows both answer to an index or a key.
+def _first(row: object) -> int | str:
+    """The first column of a row: psycopg gives dicts here, sqlite3 gives Rows."""
     value = next(iter(row.values())) if isinstance(row, dict) else row[0]  # type: ignore[index]
-    return int(value)
+    if not isinstance(value, int | str):
+        msg = f"expected a number or text from the store, got {type(value).__name__}"
+        raise StoreError(msg)
+    return value
 
 
 def _prepare_sqlite_file(path: Path) -> None:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from uuid import uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
@@ -206,3 +207,17 @@ def test_descriptions_of_a_store_never_show_its_password():
 def test_relative_and_absolute_sqlite_paths():
     assert parse_store_url("sqlite:///./ledger.db").path == Path("ledger.db")
     assert parse_store_url("sqlite:////var/lib/ledger.db").path == Path("/var/lib/ledger.db")
+
+
+def test_postgresql_that_acknowledges_unflushed_commits_is_refused(postgres_server):
+    server = postgres_server.rsplit("/", 1)[0]
+    database = "ledger_async_commit"
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+        connection.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    try:
+        with pytest.raises(StoreError, match="synchronous_commit=off: a commit could be lost"):
+            Store.open(f"{server}/{database}")
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE {database} WITH (FORCE)")
