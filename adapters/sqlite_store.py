@@ -31,22 +31,30 @@ def create_private_file(path: Path) -> None:
     os.close(descriptor)
 
 
+def make_durable(connection: sqlite3.Connection, name: str) -> None:
+    """Put `connection` in WAL mode with synchronous=FULL, and confirm both took."""
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    synchronous = connection.execute("PRAGMA synchronous").fetchone()[0]
+    journal_mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    if synchronous != SYNCHRONOUS_FULL or journal_mode != "wal":
+        msg = (
+            f"SQLite at {name} runs journal_mode={journal_mode}, "
+            f"synchronous={synchronous}; the ledger needs wal and 2 (FULL)"
+        )
+        raise NotDurableError(msg)
+
+
 class DurableSQLiteConnectionPool(SQLiteConnectionPool):
     """A pool whose every connection is checked for WAL and synchronous=FULL."""
 
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
-        raw: sqlite3.Connection = connection._sqlite_conn  # noqa: SLF001 - no public handle
-        raw.execute("PRAGMA synchronous=FULL")
-        synchronous = raw.execute("PRAGMA synchronous").fetchone()[0]
-        journal_mode = str(raw.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        if synchronous != SYNCHRONOUS_FULL or journal_mode != "wal":
+        try:
+            make_durable(connection._sqlite_conn, self.db_name)  # noqa: SLF001 - no public handle
+        except NotDurableError:
             connection.close()
-            msg = (
-                f"SQLite at {self.db_name} runs journal_mode={journal_mode}, "
-                f"synchronous={synchronous}; the ledger needs wal and 2 (FULL)"
-            )
-            raise NotDurableError(msg)
+            raise
         return connection
 
 

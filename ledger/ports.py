@@ -1,0 +1,254 @@
+"""The broker port: what the ledger may ask of any broker, and what it gets back.
+
+Every adapter (the paper broker, a real venue) implements `Broker`. Writes
+answer `Accepted | Rejected | Unknown` and are never retried inside an
+adapter: only the caller, which has recorded an intent, may decide to try
+again, and only from evidence. Reads are what recovery reconciles with.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Protocol
+
+import msgspec
+
+from ledger.instruments import Side
+from ledger.money import Money
+
+
+class ClientIdScope(enum.StrEnum):
+    """How long a venue keeps a client order id unique."""
+
+    FOREVER = "forever"
+    """Unique for ever; a reused id is refused (Alpaca)."""
+    OPEN_ONLY = "open_only"
+    """Unique among open orders only; reusing one after a fill makes a second order (Binance)."""
+    NONE = "none"
+    """Not unique and not searchable (MT5, Deriv): only candidate matching works."""
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a broker can do, so recovery knows which evidence it can trust."""
+
+    lookup_by_client_id: bool
+    client_id_scope: ClientIdScope
+    client_id_length_max: int
+    client_id_characters: str
+    """The characters a client id may use, as a regular-expression class body."""
+    native_protection_amend: bool
+    """Whether SL/TP of an open position can be amended in place."""
+    history_lookback: timedelta
+    """How far back orders and fills stay visible."""
+    visibility_lag: timedelta
+    """How long after an accepted write a read may still not show it."""
+
+
+class OrderAction(enum.StrEnum):
+    OPEN = "open"
+    CLOSE = "close"
+    """Close all of a position."""
+    REDUCE = "reduce"
+    """Close part of a position."""
+
+
+class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A market order. `side` is the side of the position it opens, closes or reduces."""
+
+    client_id: str
+    account: str
+    action: OrderAction
+    symbol: str
+    side: Side
+    quantity: Decimal
+    position_ref: str | None = None
+    """The broker's position, for close and reduce."""
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    tag: str = ""
+    """Free text the venue keeps with the order (an MT5 comment), for candidate matching."""
+
+
+class ProtectionRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Amend the stop-loss and/or take-profit of a position.
+
+    A field left UNSET is not changed; None removes the level.
+    """
+
+    client_id: str
+    account: str
+    position_ref: str
+    stop_loss: Decimal | None | msgspec.UnsetType = msgspec.UNSET
+    take_profit: Decimal | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class FillReason(enum.StrEnum):
+    ORDER = "order"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    MANUAL = "manual"
+    """Closed at the broker by a person (a manual close)."""
+    EXTERNAL = "external"
+    """An order placed at the broker by someone other than this ledger."""
+
+
+class Fill(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution, with an id that stays the same every time it is read."""
+
+    fill_id: str
+    order_ref: str | None
+    position_ref: str
+    account: str
+    symbol: str
+    side: Side
+    """The side of the position this fill opened, closed or reduced."""
+    opens: bool
+    quantity: Decimal
+    price: Decimal
+    fee: Money
+    pnl: Money | None
+    """Realised by a closing fill; None for an opening one."""
+    reason: FillReason
+    client_id: str | None
+    time: datetime
+
+
+class OrderStatus(enum.StrEnum):
+    WORKING = "working"
+    """Partly filled; the rest is still working."""
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    """Cancelled; any part filled before stays filled."""
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    broker_ref: str
+    client_id: str | None
+    account: str
+    action: OrderAction
+    symbol: str
+    side: Side
+    quantity: Decimal
+    filled_quantity: Decimal
+    status: OrderStatus
+    position_ref: str | None
+    tag: str
+    created_at: datetime
+
+
+class BrokerPosition(msgspec.Struct, frozen=True, kw_only=True):
+    broker_ref: str
+    account: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    entry_price: Decimal
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    client_id: str | None
+    opened_at: datetime
+
+
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    currency: str
+    balance: Money
+    """Deposits + realised P&L - fees."""
+    used: Money
+    """Held by open positions (cost, margin or stake)."""
+    available: Money
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    time: datetime
+
+
+class CandidateHint(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of an order whose client id the venue cannot search."""
+
+    account: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    since: datetime
+    until: datetime
+    tag: str = ""
+
+
+# Write results ------------------------------------------------------------------
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag="accepted"):
+    broker_ref: str
+    fills: tuple[Fill, ...] = ()
+
+
+class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected"):
+    reason: str
+
+
+class Unknown(msgspec.Struct, frozen=True, kw_only=True, tag="unknown"):
+    """The write may or may not have happened: only a read can tell."""
+
+    cause: str
+
+
+WriteResult = Accepted | Rejected | Unknown
+
+
+# Lookup results -----------------------------------------------------------------
+
+
+class Found(msgspec.Struct, frozen=True, kw_only=True, tag="found"):
+    order: Order
+    fills: tuple[Fill, ...]
+
+
+class NotFound(msgspec.Struct, frozen=True, kw_only=True, tag="not_found"):
+    authoritative: bool
+    """True when the broker's history covers the id and it is not there.
+
+    Even then, a caller trusts it only once `visibility_lag` has passed
+    since the write it is asking about.
+    """
+
+
+class LookupUnsupported(msgspec.Struct, frozen=True, kw_only=True, tag="unsupported"):
+    pass
+
+
+LookupResult = Found | NotFound | LookupUnsupported
+
+
+class Broker(Protocol):
+    """The port every broker adapter implements."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def submit(self, order: OrderRequest) -> WriteResult: ...
+
+    async def amend_protection(self, request: ProtectionRequest) -> WriteResult: ...
+
+    async def cancel(self, client_id: str, account: str) -> WriteResult: ...
+
+    async def lookup(self, client_id: str) -> LookupResult: ...
+
+    async def find_candidates(self, hint: CandidateHint) -> list[Order]: ...
+
+    async def open_orders(self) -> list[Order]: ...
+
+    async def positions(self) -> list[BrokerPosition]: ...
+
+    async def fills(self, since: datetime | None = None) -> list[Fill]: ...
+
+    async def account(self) -> list[Balance]: ...
+
+    async def quote(self, symbol: str) -> Quote: ...
+
+    async def server_time(self) -> datetime: ...
