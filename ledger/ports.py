@@ -80,8 +80,8 @@ class ProtectionRequest(msgspec.Struct, frozen=True, kw_only=True):
     client_id: str
     account: str
     position_ref: str
-    stop_loss: Decimal | None | msgspec.UnsetType = msgspec.UNSET
-    take_profit: Decimal | None | msgspec.UnsetType = msgspec.UNSET
+    stop_loss: Decimal | msgspec.UnsetType | None = msgspec.UNSET
+    take_profit: Decimal | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class FillReason(enum.StrEnum):

@@ -629,7 +629,8 @@ class PaperBook:
     def fills(self, since_step: int | None = None) -> list[Fill]:
         fills: list[Fill] = []
         for row in self._db.execute(
-            "SELECT fills.*, accounts.currency FROM fills JOIN accounts ON accounts.name = fills.account"
+            "SELECT fills.*, accounts.currency FROM fills"
+            " JOIN accounts ON accounts.name = fills.account"
             " WHERE fills.step > ? AND fills.visible_step <= ? ORDER BY fills.seq",
             (-1 if since_step is None else since_step, self.step),
         ):
@@ -734,7 +735,7 @@ class PaperBook:
             return
         live = " AND status = 'working'" if scope is ClientIdScope.OPEN_ONLY else ""
         clash = self._db.execute(
-            f"SELECT ref FROM orders WHERE client_id = ?{live} LIMIT 1",
+            f"SELECT ref FROM orders WHERE client_id = ?{live} LIMIT 1",  # noqa: S608
             (client_id,),
         ).fetchone()
         if clash is not None:
