@@ -149,6 +149,7 @@ class BrokerPosition(msgspec.Struct, frozen=True, kw_only=True):
     take_profit: Decimal | None
     client_id: str | None
     opened_at: datetime
+    closed_at: datetime | None = None
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):

@@ -623,8 +623,11 @@ class PaperBook:
             )
         ]
 
-    def positions(self) -> list[BrokerPosition]:
-        return [position_from_row(row) for row in self._open_positions()]
+    def positions(self, *, include_closed: bool = False) -> list[BrokerPosition]:
+        if not include_closed:
+            return [position_from_row(row) for row in self._open_positions()]
+        rows = self._db.execute("SELECT * FROM positions ORDER BY seq")
+        return [position_from_row(row) for row in rows]
 
     def fills(self, since_step: int | None = None) -> list[Fill]:
         fills: list[Fill] = []

@@ -111,6 +111,10 @@ class PaperBroker:
     async def positions(self) -> list[BrokerPosition]:
         return await self._run(self._book.positions)
 
+    async def all_positions(self) -> list[BrokerPosition]:
+        """Open and closed positions (paper broker only)."""
+        return await self._run(lambda: self._book.positions(include_closed=True))
+
     async def fills(self, since: datetime | None = None) -> list[Fill]:
         since_step = None if since is None else market.step_at(since)
         return await self._run(lambda: self._book.fills(since_step))

@@ -132,6 +132,7 @@ def position_from_row(row: sqlite3.Row) -> BrokerPosition:
         take_profit=decimal_or_none(row["take_profit"]),
         client_id=row["client_id"],
         opened_at=clock(row["opened_step"]),
+        closed_at=None if row["closed_step"] is None else clock(row["closed_step"]),
     )
 
 
