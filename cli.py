@@ -22,6 +22,7 @@ from typing import Annotated, NoReturn
 import anyio
 import msgspec
 import typer
+from typer.exceptions import TyperException
 
 from adapters.paper.book import PaperBrokerError
 from adapters.paper.broker import PaperBroker
@@ -226,14 +227,23 @@ def broker_fund(
     broker: BrokerOption = DEFAULT_BROKER_URL,
 ) -> None:
     """Credit a paper broker account (creating it in that currency if it is new)."""
-    money = Money.parse(amount, currency_code)
+    money = Money.parse(amount, currency_code, positive=True)
     with open_broker(broker) as opened:
         anyio.run(opened.fund, account, money)
     typer.echo(f"funded {account} with {money}")
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error is one line on stderr and exit code 2, like any other error."""
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as error:  # the command line was wrong: usage errors are these
+        typer.echo(f"ledger: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        typer.echo("ledger: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -158,10 +158,19 @@ class Money(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.structs.force_setattr(self, "amount", exact)
 
     @classmethod
-    def parse(cls, value: object, currency_code: str, *, field: str = "amount") -> Self:
-        """Validate `value` as an amount of `currency_code` (see `parse_decimal`)."""
+    def parse(
+        cls, value: object, currency_code: str, *, field: str = "amount", positive: bool = False
+    ) -> Self:
+        """Validate `value` as an amount of `currency_code` (see `parse_decimal`).
+
+        With `positive`, zero and negative amounts are refused too (a deposit,
+        a withdrawal, a fee is always more than zero).
+        """
         places = currency(currency_code).places
-        return cls(amount=parse_decimal(value, field=field, places=places), currency=currency_code)
+        money = cls(amount=parse_decimal(value, field=field, places=places), currency=currency_code)
+        if positive and money.amount <= 0:
+            raise InvalidValue(field, f"{money} must be more than zero")
+        return money
 
     @classmethod
     def zero(cls, currency_code: str) -> Self:

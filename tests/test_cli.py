@@ -86,3 +86,18 @@ def test_help_lists_the_commands(tmp_path):
     result = ledger("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "info" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["info", "--bogus"], "ledger: No such option: --bogus"),
+        (["nonsense"], "ledger: No such command 'nonsense'."),
+        (["broker", "fund", "desk"], "ledger: Missing argument 'amount'."),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_code_2(tmp_path, arguments, message):
+    result = ledger(*arguments, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,196 @@
+"""`ledger broker ...`: what the broker itself says, as an operator reads it."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import anyio
+import pytest
+
+from adapters.paper.broker import PaperBroker
+from ledger.instruments import Side
+from ledger.ports import Accepted, OrderAction, OrderRequest
+from tests.test_cli import ledger
+
+
+@pytest.fixture
+def broker_url(tmp_path):
+    return f"paper:///{tmp_path / 'broker.db'}?seed=11"
+
+
+def open_a_position(url: str) -> Accepted:
+    async def submit() -> Accepted:
+        with PaperBroker.open(url) as broker:
+            result = await broker.submit(
+                OrderRequest(
+                    client_id="cli1",
+                    account="desk",
+                    action=OrderAction.OPEN,
+                    symbol="ETHUSD",
+                    side=Side.SHORT,
+                    quantity=Decimal("1.5"),
+                    stop_loss=Decimal("3500.00"),
+                )
+            )
+        assert isinstance(result, Accepted), result
+        return result
+
+    return anyio.run(submit)
+
+
+def test_fund_then_balance_shows_money_as_strings(tmp_path, broker_url):
+    funded = ledger(
+        "broker",
+        "fund",
+        "desk",
+        "2500.50",
+        "--currency",
+        "USD",
+        "--broker",
+        broker_url,
+        cwd=tmp_path,
+    )
+    assert funded.returncode == 0, funded.stderr
+    assert funded.stdout.strip() == "funded desk with 2500.50 USD"
+    result = ledger("broker", "balance", "--json", "--broker", broker_url, cwd=tmp_path)
+    assert json.loads(result.stdout) == [
+        {
+            "account": "desk",
+            "currency": "USD",
+            "balance": {"amount": "2500.50", "currency": "USD"},
+            "used": {"amount": "0.00", "currency": "USD"},
+            "available": {"amount": "2500.50", "currency": "USD"},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [
+        ("1.001", "amount: '1.001' has more than 2 decimal places"),
+        ("NaN", "amount: 'NaN' is not a finite number"),
+        ("-0", "amount: negative zero is not a value"),
+        ("-5", "amount: -5.00 USD must be more than zero"),
+        ("1e999999", "amount: '1e999999' has an exponent out of range"),
+    ],
+)
+def test_a_bad_amount_is_one_line_and_writes_nothing(tmp_path, broker_url, amount, message):
+    # "--" lets a negative amount through as an argument rather than an option.
+    result = ledger(
+        "broker",
+        "fund",
+        "--currency",
+        "USD",
+        "--broker",
+        broker_url,
+        "--",
+        "desk",
+        amount,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"ledger: {message}"]
+    assert not (tmp_path / "broker.db").exists()
+    listing = ledger("broker", "balance", "--json", "--broker", broker_url, cwd=tmp_path)
+    assert json.loads(listing.stdout) == []
+
+
+def test_positions_and_orders_as_json(tmp_path, broker_url):
+    ledger(
+        "broker",
+        "fund",
+        "desk",
+        "100000",
+        "--currency",
+        "USD",
+        "--broker",
+        broker_url,
+        cwd=tmp_path,
+    )
+    accepted = open_a_position(broker_url)
+    positions = json.loads(
+        ledger("broker", "positions", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert len(positions) == 1
+    (position,) = positions
+    assert position["broker_ref"] == accepted.fills[0].position_ref
+    assert position["account"] == "desk"
+    assert position["symbol"] == "ETHUSD"
+    assert position["side"] == "short"
+    assert position["quantity"] == "1.500"
+    assert position["entry_price"] == str(accepted.fills[0].price)
+    assert position["stop_loss"] == "3500.00"
+    assert position["take_profit"] is None
+    assert position["client_id"] == "cli1"
+
+    orders = json.loads(
+        ledger("broker", "orders", "--all", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert [(o["client_id"], o["broker_ref"], o["status"]) for o in orders] == [
+        ("cli1", accepted.broker_ref, "filled")
+    ]
+    working = json.loads(
+        ledger("broker", "orders", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert working == []
+    fills = json.loads(
+        ledger("broker", "fills", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert [fill["fill_id"] for fill in fills] == [accepted.fills[0].fill_id]
+    assert isinstance(fills[0]["fee"]["amount"], str)
+
+
+def test_tables_for_people(tmp_path, broker_url):
+    ledger(
+        "broker",
+        "fund",
+        "desk",
+        "100000",
+        "--currency",
+        "USD",
+        "--broker",
+        broker_url,
+        cwd=tmp_path,
+    )
+    open_a_position(broker_url)
+    table = ledger("broker", "positions", "--broker", broker_url, cwd=tmp_path).stdout.splitlines()
+    assert table[0].split() == [
+        "broker_ref", "account", "symbol", "side", "quantity", "entry_price",
+        "stop_loss", "take_profit", "client_id",
+    ]  # fmt: skip
+    assert table[1].split()[1:4] == ["desk", "ETHUSD", "short"]
+
+
+def test_the_broker_comes_from_the_environment(tmp_path, broker_url):
+    result = ledger(
+        "broker",
+        "fund",
+        "env",
+        "7",
+        "--currency",
+        "EUR",
+        cwd=tmp_path,
+        env={"LEDGER_BROKER": broker_url},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "broker.db").exists()
+    assert not (tmp_path / "paper-broker.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("kraken://x", "unknown broker kind 'kraken'"),
+        ("paper:///x.db?faults=partial_fill:2", "probability 2.000000 is outside 0..1"),
+        ("paper:///x.db?scope=sometimes", "unknown client-id scope 'sometimes'"),
+        ("paper:///no/such/dir/x.db", "does not exist"),
+    ],
+)
+def test_a_bad_broker_url_is_one_line_and_exit_code_3(tmp_path, url, message):
+    result = ledger("broker", "positions", "--broker", url, cwd=tmp_path)
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
+    assert list(tmp_path.iterdir()) == []
