@@ -24,7 +24,7 @@ import msgspec
 import typer
 from typer.exceptions import TyperException
 
-from adapters.paper.book import PaperBrokerError
+from adapters.paper.books import PaperBrokerError
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL, BrokerURLError
 from adapters.sqlite_store import NotDurableError
