@@ -46,7 +46,9 @@ from ledger.ports import (
 
 T = TypeVar("T")
 
-CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
+CLIENT_ID_CHARACTERS = "A-Za-z0-9"
+CLIENT_ID_LENGTH_MAX = 32
+CLIENT_ID_PATTERN = re.compile(f"[{CLIENT_ID_CHARACTERS}]{{1,{CLIENT_ID_LENGTH_MAX}}}")
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,6 @@ class PaperBook(Execution, Queries):
     def cancel(self, client_id: str, account: str) -> Outcome:
         try:
             with self._write():
-                self._advance(1)
                 row = self._db.execute(
                     "SELECT ref FROM orders WHERE client_id = ? AND account = ? AND status = ?"
                     " ORDER BY seq DESC LIMIT 1",
@@ -243,6 +244,9 @@ class PaperBook(Execution, Queries):
                     "UPDATE orders SET status = ? WHERE ref = ?",
                     (OrderStatus.CANCELLED.value, row["ref"]),
                 )
+                # The clock moves after the cancel: a cancel must not lose the race
+                # against the very price step that would fill what it cancels.
+                self._advance(1)
         except Refusal as refusal:
             return Outcome(Rejected(reason=str(refusal)))
         return self._answer(Accepted(broker_ref=row["ref"]), f"{client_id}/{self.step}")

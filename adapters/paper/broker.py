@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 
 from adapters.paper import market
-from adapters.paper.book import CLIENT_ID_PATTERN, Outcome, PaperBook
+from adapters.paper.book import CLIENT_ID_CHARACTERS, CLIENT_ID_LENGTH_MAX, Outcome, PaperBook
 from adapters.paper.settings import DEFAULT_BROKER_URL, PaperSettings, parse_broker_url
 from ledger.money import Money
 from ledger.ports import (
@@ -53,8 +53,8 @@ class PaperBroker:
         self.capabilities = Capabilities(
             lookup_by_client_id=settings.scope is not ClientIdScope.NONE,
             client_id_scope=settings.scope,
-            client_id_length_max=32,
-            client_id_characters=CLIENT_ID_PATTERN.pattern.split("]")[0] + "]",
+            client_id_length_max=CLIENT_ID_LENGTH_MAX,
+            client_id_characters=CLIENT_ID_CHARACTERS,
             native_protection_amend=True,
             history_lookback=HISTORY_LOOKBACK,
             visibility_lag=timedelta(seconds=settings.lag_seconds),

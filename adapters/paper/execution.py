@@ -174,6 +174,10 @@ class Execution(Books):
     ) -> Money:
         row = self._db.execute("SELECT * FROM positions WHERE ref = ?", (position_ref,)).fetchone()
         held = Decimal(row["quantity"])
+        # The rest of a partly filled close can outlive its position (a stop,
+        # a manual close): then there is nothing left for it to close.
+        if row["closed_step"] is not None or quantity > held:
+            raise Refusal(f"position {position_ref} holds {held}, cannot close {quantity}")
         pnl = instrument.pnl(Side(row["side"]), quantity, Price(Decimal(row["entry_price"])), price)
         remaining = held - quantity
         used = Decimal(row["used"])

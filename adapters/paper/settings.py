@@ -124,7 +124,8 @@ def _integer(options: dict[str, str], name: str, default: int, *, minimum: int) 
     text = options.get(name)
     if text is None:
         return default
-    if not text.isdigit() or int(text) < minimum or len(text) > 18:
+    # isdigit() alone accepts "²" and other digits int() will not take.
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < minimum:
         raise BrokerURLError(f"paper broker option {name}={text!r} is not a whole number")
     return int(text)
 
