@@ -233,6 +233,21 @@ def broker_fund(
     typer.echo(f"funded {account} with {money}")
 
 
+@broker_app.command("advance")
+@errors_as_exit_codes
+def broker_advance(
+    steps: Annotated[
+        int, typer.Argument(min=1, max=86_400, help="Price steps (broker seconds) to move on.")
+    ] = 1,
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+) -> None:
+    """Let the paper broker's time pass: prices move, stops and targets trigger."""
+    with open_broker(broker) as opened:
+        anyio.run(opened.advance, steps)
+        now = anyio.run(opened.server_time)
+    typer.echo(f"advanced {steps} steps; broker time is {now.isoformat()}")
+
+
 def main() -> None:
     """Run the CLI; a usage error is one line on stderr and exit code 2, like any other error."""
     try:

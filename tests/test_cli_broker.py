@@ -10,13 +10,13 @@ import pytest
 
 from adapters.paper.broker import PaperBroker
 from ledger.instruments import Side
-from ledger.ports import Accepted, OrderAction, OrderRequest
+from ledger.ports import Accepted, OrderAction, OrderRequest, ProtectionRequest
 from tests.test_cli import ledger
 
 
 @pytest.fixture
 def broker_url(tmp_path):
-    return f"paper:///{tmp_path / 'broker.db'}?seed=11"
+    return f"paper:///{tmp_path / 'broker.db'}?seed=12"
 
 
 def open_a_position(url: str) -> Accepted:
@@ -194,3 +194,61 @@ def test_a_bad_broker_url_is_one_line_and_exit_code_3(tmp_path, url, message):
     assert len(lines) == 1
     assert message in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_advance_moves_the_broker_clock_and_can_trigger_stops(tmp_path, broker_url):
+    ledger(
+        "broker",
+        "fund",
+        "desk",
+        "100000",
+        "--currency",
+        "USD",
+        "--broker",
+        broker_url,
+        cwd=tmp_path,
+    )
+    accepted = open_a_position(broker_url)
+    stop = Decimal("3500.00")
+    assert accepted.fills[0].price < stop
+
+    async def set_a_near_stop() -> None:
+        with PaperBroker.open(broker_url) as broker:
+            quote = await broker.quote("ETHUSD")
+            result = await broker.amend_protection(
+                ProtectionRequest(
+                    client_id="cli2",
+                    account="desk",
+                    position_ref=accepted.fills[0].position_ref,
+                    # Beyond one price step's largest move, so the amendment,
+                    # which comes after a step, still finds it protective.
+                    stop_loss=quote.ask + Decimal("2.00"),
+                )
+            )
+            assert isinstance(result, Accepted), result
+
+    anyio.run(set_a_near_stop)
+    result = ledger("broker", "advance", "3000", "--broker", broker_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("advanced 3000 steps; broker time is 2026-01-05T09:50:0")
+    fills = json.loads(
+        ledger("broker", "fills", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert [fill["reason"] for fill in fills] == ["order", "stop_loss"]
+    positions = json.loads(
+        ledger("broker", "positions", "--json", "--broker", broker_url, cwd=tmp_path).stdout
+    )
+    assert positions == []
+    closed = json.loads(
+        ledger(
+            "broker", "positions", "--all", "--json", "--broker", broker_url, cwd=tmp_path
+        ).stdout
+    )
+    assert closed[0]["quantity"] == "0.000"
+    assert closed[0]["closed_at"] is not None
+
+
+def test_advance_refuses_a_silly_number_of_steps(tmp_path, broker_url):
+    result = ledger("broker", "advance", "0", "--broker", broker_url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
