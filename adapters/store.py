@@ -12,24 +12,46 @@ mapper; `save(*aggregates)` is one atomic transaction.
 from __future__ import annotations
 
 import enum
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import Application
+import psycopg
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Mapper, PersistenceError
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from adapters.codec import MsgspecMapper
+from adapters.lease import postgres_lease, sqlite_lease
 from adapters.sqlite_store import DurableSQLiteFactory, create_private_file
 from ledger.account import Account
+from ledger.aggregate import Aggregate
 from ledger.catalogue import EVENT_TYPES
+from ledger.intent import INTENT_EVENTS, IntentRecorded
 
 DEFAULT_STORE_URL = "sqlite:///./ledger.db"
+
+A = TypeVar("A", bound=Aggregate)
+
+NOTIFICATION_PAGE = 1000
+INTENT_TOPICS = [
+    f"{cls.stored_name}/v{version}"
+    for cls in INTENT_EVENTS
+    for version in range(1, cls.class_version + 1)
+]
+TERMINAL_INTENT_EVENTS = frozenset(
+    {
+        "intent.completed",
+        "intent.failed",
+        "intent.rolled_back",
+        "intent.resolved_by_operator",
+    }
+)
 
 # The version of the tables this code writes. Stored in the database, so an
 # older ledger refuses a store a newer one has migrated.
@@ -171,6 +193,65 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # The ledger store port (ledger.ports.LedgerStore) --------------------------------
+
+    def save(self, *aggregates: Aggregate) -> None:
+        self.application.save(*aggregates)
+
+    def get(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
+        try:
+            aggregate: A = self.application.repository.get(
+                aggregate_id, projector_func=aggregate_class.project
+            )
+        except AggregateNotFoundError:
+            return None
+        return aggregate
+
+    def unfinished_intents(self) -> list[UUID]:
+        """Intents recorded and not yet terminal, by reading the intent events in order."""
+        unfinished: dict[UUID, None] = {}
+        position = 1
+        while True:
+            page = self.application.recorder.select_notifications(
+                start=position, limit=NOTIFICATION_PAGE, topics=INTENT_TOPICS
+            )
+            for notification in page:
+                intent_id = UUID(str(notification.originator_id))
+                if notification.topic.startswith(f"{IntentRecorded.stored_name}/"):
+                    unfinished[intent_id] = None
+                elif notification.topic.split("/")[0] in TERMINAL_INTENT_EVENTS:
+                    unfinished.pop(intent_id, None)
+            if len(page) < NOTIFICATION_PAGE:
+                return list(unfinished)
+            position = page[-1].id + 1
+
+    @contextmanager
+    def lease(self, holder: str) -> Iterator[int]:
+        """Hold the single-writer lease; yields this lease's epoch (one more than the last)."""
+        if self.location.path is not None:
+            lock = sqlite_lease(self.location.path, holder)
+        else:
+            schema = self.application.recorder.datastore.schema  # type: ignore[attr-defined]
+            lock = postgres_lease(self._connect, schema, holder)
+        with lock:
+            table = self._table("ledger_lease")
+            with self._transaction(commit=True) as cursor:
+                cursor.execute(f"UPDATE {table} SET epoch = epoch + 1")  # noqa: S608
+                cursor.execute(f"SELECT epoch FROM {table}")  # noqa: S608
+                epoch = int(_first(cursor.fetchone()))
+            yield epoch
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        env = self.location.environment
+        return psycopg.connect(
+            host=env["POSTGRES_HOST"],
+            port=int(env["POSTGRES_PORT"]),
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            dbname=env["POSTGRES_DBNAME"],
+            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+        )
+
     def info(self) -> StoreInfo:
         events = self._table(self.application.recorder.events_table_name)  # type: ignore[attr-defined]
         count = self._scalar(f"SELECT COUNT(*) FROM {events}")  # noqa: S608 - our own table name
@@ -219,6 +300,12 @@ class Store:
             )
             cursor.execute(f"SELECT version FROM {table}")  # noqa: S608 - our own table
             stored = int(_first(cursor.fetchone()))
+            lease = self._table("ledger_lease")
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {lease} (epoch INTEGER NOT NULL)")
+            cursor.execute(
+                f"INSERT INTO {lease} (epoch) SELECT 0 "  # noqa: S608
+                f"WHERE NOT EXISTS (SELECT 1 FROM {lease})"
+            )
         if stored > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.location.describe()} has schema version {stored}; this ledger "

@@ -29,6 +29,11 @@ class Aggregate:
     def id(self) -> UUID:
         return self._id
 
+    @property
+    def pending_count(self) -> int:
+        """How many events wait to be saved."""
+        return len(self._pending)
+
     def collect_events(self) -> list[Event]:
         """Hand over the events not yet saved (eventsourcing's save() calls this)."""
         events, self._pending = self._pending, []

@@ -36,5 +36,33 @@ class InvariantViolated(LedgerError, AssertionError):  # noqa: N818
     """Raised when an internal invariant does not hold: a bug, never a user error."""
 
 
+class LeaseHeld(LedgerError):  # noqa: N818
+    """Raised when another engine holds the store's single-writer lease."""
+
+
+class NotFound(LedgerError, LookupError):  # noqa: N818
+    """Raised when an operation names an account or position the ledger does not have."""
+
+
+class OperationRejected(LedgerError):  # noqa: N818
+    """Raised when the broker refused an operation; its intent failed and nothing was kept."""
+
+    def __init__(self, intent_id: object, reason: str) -> None:
+        self.intent_id = intent_id
+        self.reason = reason
+        super().__init__(f"the broker rejected it: {reason} (intent {intent_id})")
+
+
+class OutcomeUnknown(LedgerError):  # noqa: N818
+    """Raised when the broker's answer was lost: the intent stays in flight for recovery."""
+
+    def __init__(self, intent_id: object, cause: str) -> None:
+        self.intent_id = intent_id
+        self.cause = cause
+        super().__init__(
+            f"outcome unknown: {cause}; intent {intent_id} stays in flight until recovery"
+        )
+
+
 class UnknownEventType(LedgerError, LookupError):  # noqa: N818
     """Raised when a stored event names a type, or a version, this code does not know."""

@@ -9,14 +9,19 @@ again, and only from evidence. Reads are what recovery reconciles with.
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
+from uuid import UUID
 
 import msgspec
 
-from ledger.instruments import Side
+from ledger.aggregate import Aggregate
+from ledger.instruments import Instrument, Side
 from ledger.money import Money
+
+A = TypeVar("A", bound=Aggregate)
 
 
 class ClientIdScope(enum.StrEnum):
@@ -252,4 +257,31 @@ class Broker(Protocol):
 
     async def quote(self, symbol: str) -> Quote: ...
 
+    async def instrument(self, symbol: str) -> Instrument | None:
+        """The venue's terms for `symbol` (tick, step, contract size, funding), if it trades it."""
+        ...
+
     async def server_time(self) -> datetime: ...
+
+
+class LedgerStore(Protocol):
+    """Where the aggregates live. Synchronous: only the engine's writer thread calls it."""
+
+    def save(self, *aggregates: Aggregate) -> None:
+        """Store the pending events of `aggregates` in one durable transaction."""
+        ...
+
+    def get(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
+        """The aggregate as stored, or None if it has no events."""
+        ...
+
+    def unfinished_intents(self) -> list[UUID]:
+        """Every intent that has not reached a terminal status."""
+        ...
+
+    def lease(self, holder: str) -> AbstractContextManager[int]:
+        """Hold the single-writer lease while the context lasts; yields the new epoch.
+
+        Raises `LeaseHeld` naming the holder when another engine has it.
+        """
+        ...

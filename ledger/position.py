@@ -153,7 +153,7 @@ class Position(Aggregate):
     ) -> Self:
         instrument.quantity(quantity)
         instrument.price(entry_price, field="entry_price")
-        _check_protection(instrument, side, stop_loss, take_profit)
+        check_protection(instrument, side, stop_loss, take_profit)
         if provenance is Provenance.INTENT and intent_id is None:
             raise InvalidValue("intent_id", "a position opened by the ledger names its intent")
         position = cls._blank(position_id, version=0)
@@ -190,7 +190,7 @@ class Position(Aggregate):
     ) -> None:
         """Move (or remove, with None) the stop-loss. No event if nothing changes."""
         self._check_open("change the stop-loss of")
-        _check_protection(self.instrument, self.side, new, self.take_profit)
+        check_protection(self.instrument, self.side, new, self.take_profit)
         if new != self.stop_loss:
             self._trigger(
                 StopLossChanged,
@@ -213,7 +213,7 @@ class Position(Aggregate):
     ) -> None:
         """Move (or remove, with None) the take-profit. No event if nothing changes."""
         self._check_open("change the take-profit of")
-        _check_protection(self.instrument, self.side, self.stop_loss, new)
+        check_protection(self.instrument, self.side, self.stop_loss, new)
         if new != self.take_profit:
             self._trigger(
                 TakeProfitChanged,
@@ -311,7 +311,7 @@ def _price_or_none(value: Decimal | None) -> Price | None:
     return None if value is None else Price(value)
 
 
-def _check_protection(
+def check_protection(
     instrument: Instrument, side: Side, stop_loss: Price | None, take_profit: Price | None
 ) -> None:
     """Stop-loss and take-profit lie on the tick, and on either side of each other."""

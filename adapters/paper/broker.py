@@ -21,6 +21,7 @@ import anyio.to_thread
 from adapters.paper import market
 from adapters.paper.book import CLIENT_ID_CHARACTERS, CLIENT_ID_LENGTH_MAX, Outcome, PaperBook
 from adapters.paper.settings import DEFAULT_BROKER_URL, PaperSettings, parse_broker_url
+from ledger.instruments import Instrument
 from ledger.money import Money
 from ledger.ports import (
     Balance,
@@ -124,6 +125,9 @@ class PaperBroker:
 
     async def quote(self, symbol: str) -> Quote:
         return await self._run(lambda: self._book.quote(symbol))
+
+    async def instrument(self, symbol: str) -> Instrument | None:
+        return market.instrument(symbol)
 
     async def server_time(self) -> datetime:
         return await self._run(lambda: market.clock(self._book.step))

@@ -1,0 +1,187 @@
+"""The single writer: every store write goes through here, in batches, one commit each.
+
+Callers `await writer.execute(command)`. A command is a function of a
+`UnitOfWork`: it loads aggregates, changes them, and returns a result. The
+writer runs in one worker thread at a time; it drains every command
+waiting (up to `batch_max`), applies them in order, saves every changed
+aggregate in one transaction, and only then answers each caller. So
+N concurrent operations cost one fsync, not N, and nothing but the writer
+ever touches the aggregates it caches.
+
+A command that refuses (a `LedgerError`) must do so before it changes
+anything, which the aggregates guarantee: every guard runs before its
+event is triggered. The writer checks this, and treats a command that
+broke it, or any other exception, as a failure of the whole batch: nothing
+is saved, its cache is dropped, and every caller in the batch gets the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ledger.aggregate import Aggregate
+from ledger.errors import InvariantViolated, LedgerError
+from ledger.intent import Intent
+from ledger.ports import LedgerStore
+from ledger.position import Position
+
+A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
+
+QUEUE_MAX = 4096
+BATCH_MAX = 512
+
+
+class UnitOfWork:
+    """One command's access to the aggregates: cached, loaded once, saved together."""
+
+    def __init__(self, cache: dict[UUID, Aggregate], store: LedgerStore) -> None:
+        self._cache = cache
+        self._store = store
+        self.new: dict[UUID, Aggregate] = {}
+        self.loaded: dict[UUID, tuple[Aggregate, int]] = {}
+
+    def get(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
+        aggregate = self.new.get(aggregate_id) or self._cache.get(aggregate_id)
+        if aggregate is None:
+            aggregate = self._store.get(aggregate_class, aggregate_id)
+            if aggregate is None:
+                return None
+            self._cache[aggregate_id] = aggregate
+        if not isinstance(aggregate, aggregate_class):
+            raise InvariantViolated(f"{aggregate_id} is a {type(aggregate).__name__}")
+        if aggregate_id not in self.new:
+            self.loaded.setdefault(aggregate_id, (aggregate, aggregate.pending_count))
+        return aggregate
+
+    def add(self, aggregate: Aggregate) -> None:
+        """A new aggregate: saved with this command's batch, cached once saved."""
+        self.new[aggregate.id] = aggregate
+
+    def changed_anything(self) -> bool:
+        return bool(self.new) or any(
+            aggregate.pending_count != count for aggregate, count in self.loaded.values()
+        )
+
+
+@dataclass
+class _Queued(Generic[T]):
+    command: Callable[[UnitOfWork], T]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class WriterStatistics:
+    """Counts that show group commit working (observable, not timed)."""
+
+    commands: int = 0
+    transactions: int = 0
+    batch_size_max: int = 0
+
+
+class Writer:
+    """The one writer of the store."""
+
+    def __init__(
+        self, store: LedgerStore, *, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX
+    ) -> None:
+        self._store = store
+        self._batch_max = batch_max
+        self._send, self._receive = anyio.create_memory_object_stream[_Queued[Any]](queue_max)
+        self._limiter = anyio.CapacityLimiter(1)
+        self._cache: dict[UUID, Aggregate] = {}
+        self.statistics = WriterStatistics()
+
+    async def execute(self, command: Callable[[UnitOfWork], T]) -> T:
+        """Run `command` in the writer; return once its commit is durable."""
+        queued: _Queued[T] = _Queued(command)
+        await self._send.send(queued)
+        await queued.done.wait()
+        if queued.error is not None:
+            raise queued.error
+        result: T = queued.result
+        return result
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve commands until `close()`; started with `task_group.start(writer.run)`."""
+        task_status.started()
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < self._batch_max:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                for queued in batch:
+                    queued.done.set()
+
+    def close(self) -> None:
+        """Stop taking commands; the queue drains, then `run` returns."""
+        self._send.close()
+
+    def _commit(self, batch: list[_Queued[Any]]) -> None:
+        units: list[UnitOfWork] = []
+        try:
+            for queued in batch:
+                unit = UnitOfWork(self._cache, self._store)
+                try:
+                    queued.result = queued.command(unit)
+                except LedgerError as error:
+                    if unit.changed_anything():
+                        raise InvariantViolated(
+                            f"a refused command changed state: {error}"
+                        ) from error
+                    queued.error = error
+                    continue
+                units.append(unit)
+            changed = _changed_aggregates(units)
+            if changed:
+                self._store.save(*changed)
+                self.statistics.transactions += 1
+        except BaseException as error:  # noqa: BLE001 - every caller must hear of it
+            # Nothing was saved: what the cache holds may be ahead of the store.
+            self._cache.clear()
+            for queued in batch:
+                if queued.error is None:
+                    queued.error = error
+            return
+        self.statistics.commands += len(batch)
+        self.statistics.batch_size_max = max(self.statistics.batch_size_max, len(batch))
+        for unit in units:
+            for aggregate in unit.new.values():
+                self._cache[aggregate.id] = aggregate
+        self._forget_finished()
+
+    def _forget_finished(self) -> None:
+        # Terminal intents and closed positions never change again: keeping
+        # them would let the cache grow with history.
+        finished = [
+            aggregate_id
+            for aggregate_id, aggregate in self._cache.items()
+            if (isinstance(aggregate, Intent) and aggregate.is_terminal)
+            or (isinstance(aggregate, Position) and not aggregate.is_open)
+        ]
+        for aggregate_id in finished:
+            del self._cache[aggregate_id]
+
+
+def _changed_aggregates(units: list[UnitOfWork]) -> list[Aggregate]:
+    changed: dict[UUID, Aggregate] = {}
+    for unit in units:
+        for aggregate in [*unit.new.values(), *(a for a, _ in unit.loaded.values())]:
+            if aggregate.pending_count:
+                changed[aggregate.id] = aggregate
+    return list(changed.values())
