@@ -122,13 +122,20 @@ class Engine:
     ) -> AsyncIterator[Self]:
         """Take the store's lease (as `holder`), start the writer, serve until the block ends."""
         with store.lease(holder) as epoch:
-            async with anyio.create_task_group() as tasks:
-                engine = cls(store, broker, epoch=epoch, **options)  # type: ignore[arg-type]
-                await tasks.start(engine.writer.run)
-                try:
-                    yield engine
-                finally:
-                    engine.writer.close()
+            try:
+                async with anyio.create_task_group() as tasks:
+                    engine = cls(store, broker, epoch=epoch, **options)  # type: ignore[arg-type]
+                    await tasks.start(engine.writer.run)
+                    try:
+                        yield engine
+                    finally:
+                        engine.writer.close()
+            except BaseExceptionGroup as group:
+                # The task group wraps whatever left the caller's block; a
+                # caller expects its own exception back, not a group of one.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
 
     # Balance operations ---------------------------------------------------------------
 
