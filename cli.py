@@ -13,8 +13,10 @@ import typer
 from typer.exceptions import TyperException
 
 from adapters.store import DEFAULT_STORE_URL
+from commands import operations
 from commands.broker import broker_app
 from commands.shared import JsonOption, StoreOption, errors_as_exit_codes, open_store, print_json
+from commands.wal import wal_app
 
 app = typer.Typer(
     name="ledger",
@@ -24,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(broker_app, name="broker")
+app.add_typer(wal_app, name="wal")
+operations.register(app)
 
 
 @app.callback()
