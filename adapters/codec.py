@@ -74,7 +74,7 @@ class MsgspecMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         try:
             event = self._decode(stored_event)
-        except (msgspec.MsgspecError, LedgerError, ValueError) as error:
+        except (msgspec.MsgspecError, LedgerError, ValueError, LookupError) as error:
             msg = (
                 f"cannot decode stored event {stored_event.topic!r} of "
                 f"{stored_event.originator_id} v{stored_event.originator_version}: {error}"

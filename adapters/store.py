@@ -92,11 +92,18 @@ class StoreLocation:
 
 def parse_store_url(url: str) -> StoreLocation:
     """Parse `url` into a store location, or raise `StoreError` saying what is wrong."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise StoreError("the store URL is malformed") from None
     if parts.scheme == "sqlite":
-        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
-            raise StoreError(f"a SQLite store URL is sqlite:///path/to/ledger.db, not {url!r}")
+        # The URL is never echoed: a mistyped one may carry a password.
+        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2 or parts.query:
+            raise StoreError("a SQLite store URL is sqlite:///path/to/ledger.db")
         path = Path(unquote(parts.path[1:]))
+        # SQLite is opened with URI names on: "file:..." or "?" would name another file.
+        if str(path).startswith("file:") or any(c in str(path) for c in "?#\0"):
+            raise StoreError("a SQLite store path may not start with file: or hold ? or #")
         environment = {
             "PERSISTENCE_MODULE": get_topic(DurableSQLiteFactory),
             "SQLITE_DBNAME": str(path),
@@ -108,9 +115,16 @@ def parse_store_url(url: str) -> StoreLocation:
             raise StoreError("a PostgreSQL store URL is postgresql://user:password@host:port/db")
         try:
             port = parts.port or 5432
-        except ValueError:
+        except ValueError:  # also raised for a malformed host, e.g. "[::1"
             raise StoreError("the PostgreSQL port in the store URL is not a number") from None
-        options = parse_qs(parts.query)
+        options = parse_qs(parts.query, keep_blank_values=True)
+        for name in options.keys() - {"schema", "connect_timeout"}:
+            raise StoreError(
+                f"unknown PostgreSQL store option {name!r} (known: schema, connect_timeout)"
+            )
+        timeout = options.get("connect_timeout", ["5"])[0]
+        if not (timeout.isascii() and timeout.isdigit()) or not 1 <= int(timeout[:6]) <= 3600:
+            raise StoreError("connect_timeout is a whole number of seconds, 1..3600")
         environment = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": database,
@@ -121,7 +135,7 @@ def parse_store_url(url: str) -> StoreLocation:
             "POSTGRES_SCHEMA": options.get("schema", [""])[0],
             # Seconds to wait for a connection: an operator at a terminal
             # should hear that the database is unreachable, not wait 30 s.
-            "POSTGRES_CONNECT_TIMEOUT": options.get("connect_timeout", ["5"])[0],
+            "POSTGRES_CONNECT_TIMEOUT": timeout,
         }
         return StoreLocation(StoreKind.POSTGRESQL, environment)
     shown = parts.scheme or url.split(":", 1)[0] or "(none)"

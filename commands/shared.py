@@ -22,9 +22,9 @@ from typing import Annotated, NoReturn, ParamSpec
 import msgspec
 import typer
 
-from adapters.paper.books import PaperBrokerError
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import BrokerURLError
+from adapters.paper.tables import PaperBrokerError
 from adapters.sqlite_store import NotDurableError
 from adapters.store import Store, StoreError
 from ledger.errors import LeaseHeld, LedgerError, OutcomeUnknown
@@ -81,7 +81,9 @@ def errors_as_exit_codes(command: Callable[P, None]) -> Callable[P, None]:
 @contextmanager
 def open_broker(url: str) -> Iterator[PaperBroker]:
     try:
-        broker = PaperBroker.open(url)
+        # The operator's commands look at, fund or move the broker: they are
+        # not a trading client connecting, so no while-down faults fire.
+        broker = PaperBroker.open(url, start_session=False)
     except (BrokerURLError, PaperBrokerError, NotDurableError) as error:
         fail(str(error), EXIT_UNAVAILABLE)
     with broker:

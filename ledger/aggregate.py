@@ -23,6 +23,7 @@ class Aggregate:
     def __init__(self, aggregate_id: UUID) -> None:
         self._id = aggregate_id
         self.version = 0
+        self.damaged = False
         self._pending: list[Event] = []
 
     @property
@@ -63,7 +64,13 @@ class Aggregate:
             event.originator_version == self.version + 1,
             f"{type(event).__name__} v{event.originator_version} after v{self.version}",
         )
-        self._apply(event)
+        try:
+            self._apply(event)
+        except BaseException:
+            # Part of the event may have been applied: this instance can no
+            # longer be trusted, only reloaded from the store.
+            self.damaged = True
+            raise
         self.version = event.originator_version
         self._check_invariants()
 

@@ -32,8 +32,11 @@ class IllegalTransition(LedgerError):  # noqa: N818
     """Raised when an aggregate is asked for a change its current state forbids."""
 
 
-class InvariantViolated(LedgerError, AssertionError):  # noqa: N818
-    """Raised when an internal invariant does not hold: a bug, never a user error."""
+class InvariantViolated(AssertionError):  # noqa: N818
+    """Raised when an internal invariant does not hold: a bug, never a user error.
+
+    Deliberately not a `LedgerError`: nothing may treat it as a refusal.
+    """
 
 
 class LeaseHeld(LedgerError):  # noqa: N818
@@ -64,5 +67,5 @@ class OutcomeUnknown(LedgerError):  # noqa: N818
         )
 
 
-class UnknownEventType(LedgerError, LookupError):  # noqa: N818
+class UnknownEventType(LookupError):  # noqa: N818
     """Raised when a stored event names a type, or a version, this code does not know."""

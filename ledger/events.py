@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -38,6 +39,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def __post_init__(self) -> None:
         if self.originator_version < 1:
             raise InvalidValue("originator_version", "must be 1 or more")
+        # Our encoder writes Decimals as text; a stored NaN, infinity or -0
+        # (from a float in the payload) is refused when it is read back.
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Decimal) and (
+                not value.is_finite() or (value.is_zero() and value.is_signed())
+            ):
+                raise InvalidValue(name, f"{value} is not a value an event may hold")
         for field, moment in (("recorded_at", self.recorded_at), ("venue_time", self.venue_time)):
             if moment is not None and moment.utcoffset() is None:
                 raise InvalidValue(field, "a time without a timezone is ambiguous")

@@ -9,6 +9,7 @@ field. Nothing is ever rounded to make it fit.
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import Decimal
 from typing import Self
 
@@ -33,6 +34,9 @@ EXPONENT_ABSOLUTE_MAX = 40
 
 # Longer text is not a number a person or a broker meant to send.
 TEXT_LENGTH_MAX = 64
+
+NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+NOT_FINITE = re.compile(r"[+-]?(?:s?nan|inf|infinity)", re.IGNORECASE | re.ASCII)
 
 
 def install_decimal_traps() -> None:
@@ -92,12 +96,13 @@ def _to_decimal(value: object, field: str) -> Decimal:
     if isinstance(value, int):
         return Decimal(value)
     text = value.strip()
-    if not text or len(text) > TEXT_LENGTH_MAX:
+    if len(text) <= TEXT_LENGTH_MAX and NOT_FINITE.fullmatch(text):
+        raise InvalidValue(field, f"{value!r} is not a finite number")
+    # Decimal() alone would also take "1_000", Arabic-Indic or full-width
+    # digits: text from outside must be plain ASCII decimal notation.
+    if len(text) > TEXT_LENGTH_MAX or not NUMBER.fullmatch(text):
         raise InvalidValue(field, f"{value!r} is not a number")
-    try:
-        return Decimal(text)
-    except decimal.InvalidOperation:
-        raise InvalidValue(field, f"{value!r} is not a number") from None
+    return Decimal(text)
 
 
 class Currency(msgspec.Struct, frozen=True, kw_only=True):

@@ -66,8 +66,10 @@ class UnitOfWork:
         self.new[aggregate.id] = aggregate
 
     def changed_anything(self) -> bool:
+        """Whether this command left any trace: new aggregates, events, or damage."""
         return bool(self.new) or any(
-            aggregate.pending_count != count for aggregate, count in self.loaded.values()
+            aggregate.pending_count != count or aggregate.damaged
+            for aggregate, count in self.loaded.values()
         )
 
 

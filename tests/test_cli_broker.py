@@ -252,3 +252,23 @@ def test_advance_refuses_a_silly_number_of_steps(tmp_path, broker_url):
     result = ledger("broker", "advance", "0", "--broker", broker_url, cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_looking_at_the_broker_fires_no_while_down_faults(tmp_path):
+    clean = f"paper:///{tmp_path / 'broker.db'}?seed=12"
+    ledger("broker", "fund", "desk", "100000", "--currency", "USD", "--broker", clean, cwd=tmp_path)
+    open_a_position(clean)
+    faulty = f"{clean}&faults=manual_close:1,external_order:1"
+    for _ in range(3):
+        listing = ledger("broker", "positions", "--json", "--broker", faulty, cwd=tmp_path)
+        assert [p["client_id"] for p in json.loads(listing.stdout)] == ["cli1"]
+
+
+@pytest.mark.parametrize("name", ["", "a" * 65, "a\nb", "\x1b[31mred"])
+def test_a_bad_broker_account_name_is_refused(tmp_path, broker_url, name):
+    result = ledger(
+        "broker", "fund", "--currency", "USD", "--broker", broker_url, "--", name, "5", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("ledger: account: ")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -19,7 +19,6 @@ from typing import TypeVar
 import msgspec
 
 from adapters.paper import market
-from adapters.paper.books import PaperBrokerError, Refusal
 from adapters.paper.execution import Execution
 from adapters.paper.queries import Queries
 from adapters.paper.schema import (
@@ -28,8 +27,10 @@ from adapters.paper.schema import (
     text_or_none,
 )
 from adapters.paper.settings import Fault, PaperSettings
+from adapters.paper.tables import PaperBrokerError, Refusal
 from adapters.sqlite_store import create_private_file, make_durable
-from ledger.errors import InvalidValue
+from ledger.account import validate_account_name
+from ledger.errors import InvalidValue, LedgerError
 from ledger.instruments import Instrument, Quantity, Side
 from ledger.money import Money
 from ledger.ports import (
@@ -62,24 +63,42 @@ class Outcome:
 class PaperBook(Execution, Queries):
     """The state of a paper broker, and every operation on it."""
 
-    def __init__(self, settings: PaperSettings) -> None:
+    def __init__(self, settings: PaperSettings, *, start_session: bool = True) -> None:
+        """Open (or create) the books at `settings.path`.
+
+        `start_session` says a trading client is connecting: what happened
+        "while it was down" (the while-down faults) happens now. An operator
+        looking at the books passes False and changes nothing by looking.
+        """
         self.settings = settings
         if not settings.path.parent.is_dir():
             raise PaperBrokerError(f"the folder for {settings.path} does not exist")
-        create_private_file(settings.path)
-        self._db = sqlite3.connect(
-            settings.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._db.row_factory = sqlite3.Row
-        make_durable(self._db, str(settings.path))
-        # executescript commits on its own, so the tables are made outside _write().
-        self._db.executescript(TABLES)
-        self._start_session()
+        try:
+            create_private_file(settings.path)
+            self._db = sqlite3.connect(
+                settings.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except (OSError, ValueError, sqlite3.Error) as error:
+            raise PaperBrokerError(f"cannot open {settings.path}: {error}") from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            make_durable(self._db, str(settings.path))
+            # executescript commits on its own, so the tables are made outside _write().
+            self._db.executescript(TABLES)
+            self._start_session(counted=start_session)
+        except sqlite3.Error as error:
+            self._db.close()
+            raise PaperBrokerError(
+                f"{settings.path} is not a paper broker's books: {error}"
+            ) from None
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
 
-    def _start_session(self) -> None:
+    def _start_session(self, *, counted: bool) -> None:
         with self._write():
             self._check_settings()
             row = self._db.execute("SELECT step, sessions FROM clock").fetchone()
@@ -91,9 +110,10 @@ class PaperBook(Execution, Queries):
                         (symbol, str(listing.start)),
                     )
                 return
-            session = row["sessions"] + 1
-            self._db.execute("UPDATE clock SET sessions = ?", (session,))
-            self._while_down(session)
+            if counted:
+                session = row["sessions"] + 1
+                self._db.execute("UPDATE clock SET sessions = ?", (session,))
+                self._while_down(session)
 
     def _check_settings(self) -> None:
         fixed = {"seed": str(self.settings.seed), "scope": self.settings.scope.value}
@@ -133,7 +153,7 @@ class PaperBook(Execution, Queries):
             with self._write():
                 self._advance(1)
                 accepted = self._submit(order, key)
-        except Refusal as refusal:
+        except (Refusal, LedgerError) as refusal:
             return Outcome(Rejected(reason=str(refusal)))
         return self._answer(accepted, key)
 
@@ -206,7 +226,7 @@ class PaperBook(Execution, Queries):
                 self._amend(
                     request, apply=not self._happens(Fault.SL_CHANGE_ACCEPTED_NOT_APPLIED, key)
                 )
-        except Refusal as refusal:
+        except (Refusal, LedgerError) as refusal:
             return Outcome(Rejected(reason=str(refusal)))
         return self._answer(Accepted(broker_ref=request.position_ref), key)
 
@@ -247,12 +267,13 @@ class PaperBook(Execution, Queries):
                 # The clock moves after the cancel: a cancel must not lose the race
                 # against the very price step that would fill what it cancels.
                 self._advance(1)
-        except Refusal as refusal:
+        except (Refusal, LedgerError) as refusal:
             return Outcome(Rejected(reason=str(refusal)))
         return self._answer(Accepted(broker_ref=row["ref"]), f"{client_id}/{self.step}")
 
     def fund(self, account: str, amount: Money) -> None:
         """Credit a paper account, creating it in `amount`'s currency if it is new."""
+        validate_account_name(account)
         if amount.is_negative or amount.is_zero:
             raise InvalidValue("amount", f"{amount} must be more than zero")
         with self._write():

@@ -47,9 +47,9 @@ HISTORY_LOOKBACK = timedelta(days=3650)
 class PaperBroker:
     """A broker that lives in a local file and behaves, and fails, like a real one."""
 
-    def __init__(self, settings: PaperSettings) -> None:
+    def __init__(self, settings: PaperSettings, *, start_session: bool = True) -> None:
         self.settings = settings
-        self._book = PaperBook(settings)
+        self._book = PaperBook(settings, start_session=start_session)
         self._limiter = anyio.CapacityLimiter(1)
         self.capabilities = Capabilities(
             lookup_by_client_id=settings.scope is not ClientIdScope.NONE,
@@ -62,8 +62,9 @@ class PaperBroker:
         )
 
     @classmethod
-    def open(cls, url: str = DEFAULT_BROKER_URL) -> Self:
-        return cls(parse_broker_url(url))
+    def open(cls, url: str = DEFAULT_BROKER_URL, *, start_session: bool = True) -> Self:
+        """Open the broker at `url`; see `PaperBook` for `start_session`."""
+        return cls(parse_broker_url(url), start_session=start_session)
 
     def close(self) -> None:
         self._book.close()

@@ -4,15 +4,15 @@ happens at the broker while no engine is connected."""
 from __future__ import annotations
 
 import sqlite3
-from decimal import ROUND_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from adapters.paper import market
-from adapters.paper.books import Books, Refusal
 from adapters.paper.schema import (
     decimal_or_none,
     fill_from_row,
 )
 from adapters.paper.settings import Fault
+from adapters.paper.tables import Refusal, Tables
 from ledger.instruments import Instrument, Price, Quantity, Side
 from ledger.money import Money
 from ledger.ports import (
@@ -23,7 +23,7 @@ from ledger.ports import (
 )
 
 
-class Execution(Books):
+class Execution(Tables):
     """Every change a fill makes to orders, positions and balances."""
 
     def _advance(self, steps: int) -> None:
@@ -138,6 +138,8 @@ class Execution(Books):
             # The rest of a partly filled opening order joins its position at
             # the quantity-weighted average price, as venues report it.
             row = self._db.execute("SELECT * FROM positions WHERE ref = ?", (existing,)).fetchone()
+            if row["closed_step"] is not None:
+                raise Refusal(f"position {existing} closed before the rest of its order filled")
             held = Decimal(row["quantity"])
             total = held + quantity
             average = (held * Decimal(row["entry_price"]) + quantity * price) / total
@@ -181,7 +183,12 @@ class Execution(Books):
         pnl = instrument.pnl(Side(row["side"]), quantity, Price(Decimal(row["entry_price"])), price)
         remaining = held - quantity
         used = Decimal(row["used"])
-        released = used if remaining == 0 else (used * quantity / held).quantize(used)
+        # Round down, as the ledger does: a partial close frees no more than its share.
+        released = (
+            used
+            if remaining == 0
+            else Money.rounded(used * quantity / held, instrument.quote_currency, ROUND_DOWN).amount
+        )
         self._db.execute(
             "UPDATE positions SET quantity = ?, used = ?, closed_step = ? WHERE ref = ?",
             (

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from adapters.paper import market
-from adapters.paper.books import Books
 from adapters.paper.schema import (
     fill_from_row,
     order_from_row,
     position_from_row,
 )
+from adapters.paper.tables import Tables
 from ledger.errors import InvalidValue
 from ledger.ports import (
     Balance,
@@ -25,7 +25,7 @@ from ledger.ports import (
 )
 
 
-class Queries(Books):
+class Queries(Tables):
     """Orders, positions, fills, balances and quotes, as the port returns them."""
 
     def lookup(self, client_id: str) -> LookupResult:
@@ -80,7 +80,9 @@ class Queries(Books):
         for row in self._db.execute(
             "SELECT fills.*, accounts.currency FROM fills"
             " JOIN accounts ON accounts.name = fills.account"
-            " WHERE fills.step > ? AND fills.visible_step <= ? ORDER BY fills.seq",
+            # By when a fill became visible, not when it happened: a fill hidden
+            # by the visibility lag must still reach a reader whose cursor moved on.
+            " WHERE fills.visible_step > ? AND fills.visible_step <= ? ORDER BY fills.seq",
             (-1 if since_step is None else since_step, self.step),
         ):
             fill = fill_from_row(row, row["currency"])

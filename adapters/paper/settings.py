@@ -25,6 +25,8 @@ SEED_DEFAULT = 1
 SPREAD_TICKS_DEFAULT = 2
 FEE_RATE_DEFAULT = Decimal("0.0005")
 LOOKUP_LAG_SECONDS_DEFAULT = 5
+LAG_SECONDS_MAX = 86_400
+SPREAD_TICKS_MAX = 1_000
 
 
 class BrokerURLError(ValueError):
@@ -79,21 +81,26 @@ def parse_broker_url(url: str) -> PaperSettings:
         shown = parts.scheme or "(none)"
         raise BrokerURLError(f"unknown broker kind {shown!r}: use paper:///path/to/broker.db")
     if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
-        raise BrokerURLError(f"a paper broker URL is paper:///path/to/broker.db, not {url!r}")
-    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        raise BrokerURLError("a paper broker URL is paper:///path/to/broker.db")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    options = {name: values[-1] for name, values in query.items()}
     known = {"seed", "scope", "faults", "spread_ticks", "fee_rate", "lag_seconds"}
     for name in options.keys() - known:
         raise BrokerURLError(f"unknown paper broker option {name!r}")
     faults = _parse_faults(options.get("faults", ""))
-    default_lag = LOOKUP_LAG_SECONDS_DEFAULT if Fault.LOOKUP_LAG in faults else 0
+    default_lag = LOOKUP_LAG_SECONDS_DEFAULT if faults.get(Fault.LOOKUP_LAG, 0) > 0 else 0
     return PaperSettings(
         path=Path(unquote(parts.path[1:])),
-        seed=_integer(options, "seed", SEED_DEFAULT, minimum=0),
+        seed=_integer(options, "seed", SEED_DEFAULT, minimum=0, maximum=2**63 - 1),
         scope=_scope(options.get("scope", ClientIdScope.FOREVER.value)),
         faults=faults,
-        spread_ticks=_integer(options, "spread_ticks", SPREAD_TICKS_DEFAULT, minimum=0),
+        spread_ticks=_integer(
+            options, "spread_ticks", SPREAD_TICKS_DEFAULT, minimum=0, maximum=SPREAD_TICKS_MAX
+        ),
         fee_rate=_fee_rate(options.get("fee_rate")),
-        lag_seconds=_integer(options, "lag_seconds", default_lag, minimum=0),
+        lag_seconds=_integer(
+            options, "lag_seconds", default_lag, minimum=0, maximum=LAG_SECONDS_MAX
+        ),
     )
 
 
@@ -120,13 +127,17 @@ def _parse_faults(text: str) -> dict[Fault, Decimal]:
     return faults
 
 
-def _integer(options: dict[str, str], name: str, default: int, *, minimum: int) -> int:
+def _integer(
+    options: dict[str, str], name: str, default: int, *, minimum: int, maximum: int
+) -> int:
     text = options.get(name)
     if text is None:
         return default
     # isdigit() alone accepts "²" and other digits int() will not take.
-    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < minimum:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise BrokerURLError(f"paper broker option {name}={text!r} is not a whole number")
+    if not minimum <= int(text) <= maximum:
+        raise BrokerURLError(f"paper broker option {name}={text} is outside {minimum}..{maximum}")
     return int(text)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from adapters.paper import market
-from adapters.paper.books import PaperBrokerError
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import FEE_RATE_DEFAULT
+from adapters.paper.tables import PaperBrokerError
 from ledger.instruments import Instrument
 from ledger.money import Money
 from ledger.ports import Broker, ClientIdScope

@@ -185,11 +185,22 @@ def test_sqlite_files_are_private_whatever_the_umask(tmp_path):
         ("postgresql://user@/db", "postgresql://user:password@host:port/db"),
         ("postgresql://user@host/", "postgresql://user:password@host:port/db"),
         ("postgresql://user@host:port/db", "port in the store URL is not a number"),
+        ("sqlite:///file:other.db", "may not start with file:"),
+        ("sqlite:///ledger.db?mode=ro", "sqlite:///path/to/ledger.db"),
+        ("postgresql://u@h/db?sslmode=require", "unknown PostgreSQL store option 'sslmode'"),
+        ("postgresql://u@h/db?connect_timeout=abc", "connect_timeout is a whole number"),
+        ("postgresql://u@[::1/db", "malformed"),
     ],
 )
 def test_malformed_store_urls_are_refused_with_the_expected_form(url, message):
     with pytest.raises(StoreError, match=message):
         parse_store_url(url)
+
+
+def test_a_malformed_url_is_never_echoed_it_may_hold_a_password():
+    with pytest.raises(StoreError) as refused:
+        parse_store_url("sqlite://bob:S3cretPW@db.example.com/ledger")
+    assert "S3cretPW" not in str(refused.value)
 
 
 def test_a_missing_folder_is_a_clear_error(tmp_path):

@@ -80,7 +80,25 @@ def test_magnitudes_beyond_the_limit_are_refused(digits):
         parse_decimal(f"1e{digits}", field="amount", places=2)
 
 
-@pytest.mark.parametrize("value", ["", "  ", "12abc", "1,000.00", "0x10", "1/2", True, None, [1]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "  ",
+        "12abc",
+        "1,000.00",
+        "0x10",
+        "1/2",
+        "1_000",
+        "\u0661\u0660\u0660",
+        "\uff11\uff10\uff10",
+        "1e",
+        ".",
+        True,
+        None,
+        [1],
+    ],
+)
 def test_things_that_are_not_numbers_are_refused(value):
     with pytest.raises(InvalidValue, match=r"^amount: "):
         parse_decimal(value, field="amount", places=2)

@@ -22,7 +22,7 @@ class Refusal(Exception):  # noqa: N818 - control flow inside a transaction, nev
     """Raised inside a write to roll it back and answer REJECTED with `reason`."""
 
 
-class Books:
+class Tables:
     """The connection to the books, and the small look-ups every operation needs."""
 
     settings: PaperSettings
