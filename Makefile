@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 run: $(INSTALLED)
-	$(BIN)/ledger info
+	$(BIN)/ledger run --demo --duration 10
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

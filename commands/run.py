@@ -1,0 +1,156 @@
+"""`ledger run`: the engine as a long-running process, optionally trading a paper demo."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Annotated
+
+import anyio
+import anyio.abc
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from adapters.bootstrap import open_engine
+from adapters.paper.broker import PaperBroker
+from adapters.paper.settings import DEFAULT_BROKER_URL
+from adapters.store import DEFAULT_STORE_URL
+from commands.shared import BrokerOption, StoreOption, errors_as_exit_codes
+from ledger.demo import DemoStatistics, prepare_accounts, run_demo
+from ledger.engine import Engine
+from ledger.errors import InvalidValue
+
+# After a stop, traders get this long to finish the operation they are in;
+# what is still in flight then is left to recovery, never guessed.
+GRACE_SECONDS = 10.0
+VIEW_INTERVAL_SECONDS = 0.5
+LOG_INTERVAL_SECONDS = 2.0
+
+
+@errors_as_exit_codes
+def run(
+    store: StoreOption = DEFAULT_STORE_URL,
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+    demo: Annotated[bool, typer.Option("--demo", help="Trade a paper demo session.")] = False,  # noqa: FBT002
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the demo traders' choices.")] = 1,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=0.1, help="Stop after this many seconds."),
+    ] = None,
+) -> None:
+    """Start the engine; stop with Ctrl-C (SIGINT) or SIGTERM."""
+    statistics = DemoStatistics()
+    anyio.run(_serve, store, broker, demo, seed, duration, statistics)
+    _summary(statistics, demo=demo)
+
+
+async def _serve(
+    store: str,
+    broker: str,
+    demo: bool,  # noqa: FBT001
+    seed: int,
+    duration: float | None,
+    statistics: DemoStatistics,
+) -> None:
+    stop = anyio.Event()
+    async with (
+        open_engine(store=store, broker=broker) as engine,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(_stop_on_signal, stop)
+        if duration is not None:
+            tasks.start_soon(_stop_after, duration, stop)
+        tasks.start_soon(_show, engine, statistics, stop)
+        if demo:
+            await _demo(engine, seed, stop, statistics)
+        else:
+            typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
+            await stop.wait()
+        tasks.cancel_scope.cancel()
+
+
+async def _demo(engine: Engine, seed: int, stop: anyio.Event, statistics: DemoStatistics) -> None:
+    if not isinstance(engine.broker, PaperBroker):
+        raise InvalidValue("broker", "the demo trades on the paper broker only")
+    await prepare_accounts(engine, engine.broker, engine.broker.fund)
+    async with anyio.create_task_group() as traders:
+
+        async def cut_off() -> None:
+            await stop.wait()
+            await anyio.sleep(GRACE_SECONDS)
+            traders.cancel_scope.cancel()
+
+        traders.start_soon(cut_off)
+        await run_demo(engine, engine.broker, seed=seed, stop=stop, statistics=statistics)
+        traders.cancel_scope.cancel()
+
+
+async def _stop_on_signal(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def _stop_after(seconds: float, stop: anyio.Event) -> None:
+    await anyio.sleep(seconds)
+    stop.set()
+
+
+async def _show(engine: Engine, statistics: DemoStatistics, stop: anyio.Event) -> None:
+    """A live table on a terminal; a plain line every few seconds when piped."""
+    if not sys.stdout.isatty():
+        while not stop.is_set():
+            await anyio.sleep(LOG_INTERVAL_SECONDS)
+            typer.echo(_line(engine, statistics))
+        return
+    with Live(_table(engine, statistics), console=Console(), auto_refresh=False) as live:
+        while not stop.is_set():
+            await anyio.sleep(VIEW_INTERVAL_SECONDS)
+            live.update(_table(engine, statistics), refresh=True)
+
+
+def _line(engine: Engine, statistics: DemoStatistics) -> str:
+    writer = engine.writer.statistics
+    return (
+        f"{time.strftime('%H:%M:%S')} ops {statistics.operations} "
+        f"({statistics.per_second():.0f}/s) open {len(statistics.open_positions)} "
+        f"in flight {statistics.in_flight} rejected {statistics.rejected} "
+        f"unknown {statistics.unknown} commits {writer.transactions}"
+    )
+
+
+def _table(engine: Engine, statistics: DemoStatistics) -> Table:
+    table = Table(title=f"ledger engine, epoch {engine.epoch}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    writer = engine.writer.statistics
+    rows = [
+        ("operations per second", f"{statistics.per_second():.0f}"),
+        ("positions opened", statistics.opened),
+        ("positions closed", statistics.closed),
+        ("stop-losses moved", statistics.stops_moved),
+        ("open positions", len(statistics.open_positions)),
+        ("intents in flight", statistics.in_flight),
+        ("rejected", statistics.rejected),
+        ("outcome unknown", statistics.unknown),
+        ("commits / commands", f"{writer.transactions} / {writer.commands}"),
+    ]
+    for what, count in rows:
+        table.add_row(what, str(count))
+    return table
+
+
+def _summary(statistics: DemoStatistics, *, demo: bool) -> None:
+    if not demo:
+        typer.echo("engine stopped")
+        return
+    typer.echo(
+        f"demo stopped: {statistics.operations} operations "
+        f"({statistics.per_second():.0f}/s): {statistics.opened} opened, "
+        f"{statistics.closed} closed, {statistics.stops_moved} stop-losses moved, "
+        f"{statistics.rejected} rejected, {statistics.unknown} left in flight for recovery"
+    )
