@@ -59,11 +59,16 @@ Fund = Callable[[str, Money], Awaitable[None]]
 
 
 async def prepare_accounts(engine: Engine, broker: Broker, fund_broker: Fund) -> None:
-    """Fund the demo accounts at the broker and in the ledger, if they are not yet."""
+    """Fund the demo accounts at the broker and in the ledger, where they are not yet.
+
+    Each side is checked on its own: a crash between funding the broker and
+    the ledger's deposit must not leave an account the demo cannot use.
+    """
     at_broker = {balance.account for balance in await broker.account()}
     for account in DEMO_ACCOUNTS:
         if account not in at_broker:
             await fund_broker(account, DEMO_DEPOSIT)
+        if await engine.account(account) is None:
             await engine.deposit(account, DEMO_DEPOSIT.amount, DEMO_DEPOSIT.currency)
 
 

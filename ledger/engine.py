@@ -18,6 +18,7 @@ is recorded and completed in one commit.
 
 from __future__ import annotations
 
+import copy
 import decimal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -136,6 +137,17 @@ class Engine:
                 if len(group.exceptions) == 1:
                     raise group.exceptions[0] from None
                 raise
+
+    # Reads ------------------------------------------------------------------------------
+
+    async def account(self, name: str) -> Account | None:
+        """A copy of the account called `name`, as committed (read through the writer).
+
+        A copy: the writer owns its aggregates, and no other thread may hold one.
+        """
+        return await self.writer.execute(
+            lambda unit: copy.deepcopy(unit.get(Account, account_id(name)))
+        )
 
     # Balance operations ---------------------------------------------------------------
 
