@@ -290,6 +290,11 @@ class BrokerContract(abc.ABC):
             await self.let_time_pass(broker, 1)
         assert await broker.server_time() > quote.time
 
+    @pytest.mark.anyio
+    async def test_the_venue_states_the_terms_of_what_it_trades(self, broker):
+        assert await broker.instrument(self.symbol) == self.instrument
+        assert await broker.instrument("NOT-TRADED-HERE") is None
+
     # Opening, amending, closing ----------------------------------------------------
 
     @pytest.mark.anyio
