@@ -56,12 +56,15 @@ def postgres_lease(
     connect: Callable[[], psycopg.Connection[Any]], schema: str, holder: str
 ) -> Iterator[None]:
     """Hold a session advisory lock for `schema`; raise `LeaseHeld` naming the holder if taken."""
+    # pg_try_advisory_lock(int4, int4) takes signed keys; pg_locks shows the
+    # second one as an unsigned oid.
     key = zlib.crc32(schema.encode())
+    signed_key = key - 2**32 if key >= 2**31 else key
     with connect() as connection:
         connection.autocommit = True
         connection.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
         row = connection.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)
+            "SELECT pg_try_advisory_lock(%s::int4, %s::int4)", (LOCK_NAMESPACE, signed_key)
         ).fetchone()
         if not row or not row[0]:
             current = connection.execute(
@@ -75,4 +78,6 @@ def postgres_lease(
         try:
             yield
         finally:
-            connection.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+            connection.execute(
+                "SELECT pg_advisory_unlock(%s::int4, %s::int4)", (LOCK_NAMESPACE, signed_key)
+            )
