@@ -46,6 +46,7 @@ from ledger.intent import (
     Intent,
     IntentKind,
     OpenRequest,
+    Payload,
     ProtectionChange,
 )
 from ledger.money import Money
@@ -193,20 +194,12 @@ class Engine:
     def _balance_intent(
         self, unit: UnitOfWork, intent_id: UUID, account: Account, money: Money, *, add: bool
     ) -> Intent:
+        kind = IntentKind.BALANCE_ADD if add else IntentKind.BALANCE_DEDUCT
+        intent = self._submitted(unit, intent_id, kind, account, BalanceChange(amount=money))
         now = self.clock()
-        intent = Intent.record(
-            intent_id,
-            kind=IntentKind.BALANCE_ADD if add else IntentKind.BALANCE_DEDUCT,
-            account_id=account.id,
-            payload=BalanceChange(amount=money),
-            epoch=self.epoch,
-            recorded_at=now,
-        )
-        intent.submit(recorded_at=now)
         intent.complete(
             Evidence(source="ledger", observed_at=now, detail="no broker call"), recorded_at=now
         )
-        unit.add(intent)
         return intent
 
     # Trading operations ---------------------------------------------------------------
@@ -244,20 +237,11 @@ class Engine:
                     f"{symbol} settles in {instrument.quote_currency}; "
                     f"account {account} holds {ledger_account.currency}",
                 )
-            now = self.clock()
-            intent = Intent.record(
-                intent_id,
-                kind=IntentKind.POSITION_OPEN,
-                account_id=ledger_account.id,
-                payload=payload,
-                epoch=self.epoch,
-                recorded_at=now,
-                reservation=reservation,
+            # The reservation first: it refuses (insufficient funds) before changing anything.
+            ledger_account.reserve(intent_id, reservation, recorded_at=self.clock())
+            return self._submitted(
+                unit, intent_id, IntentKind.POSITION_OPEN, ledger_account, payload, reservation
             )
-            ledger_account.reserve(intent_id, reservation, recorded_at=now)
-            intent.submit(recorded_at=now)
-            unit.add(intent)
-            return intent
 
         intent = await self.writer.execute(record)
         order = OrderRequest(
@@ -281,20 +265,14 @@ class Engine:
             size = held.quantity if quantity is None else held.instrument.quantity(quantity)
             if size > held.quantity:
                 raise InvalidValue("quantity", f"{size} is more than the {held.quantity} open")
-            ledger_account = unit.get(Account, held.account_id)
-            if ledger_account is None or held.broker_ref is None:
-                raise NotFound(f"position {position} has no account or broker reference")
-            now = self.clock()
-            intent = Intent.record(
+            ledger_account, broker_ref = _at_broker(unit, held)
+            intent = self._submitted(
+                unit,
                 uuid4(),
-                kind=IntentKind.POSITION_CLOSE,
-                account_id=held.account_id,
-                payload=CloseRequest(position_id=position, quantity=size),
-                epoch=self.epoch,
-                recorded_at=now,
+                IntentKind.POSITION_CLOSE,
+                ledger_account,
+                CloseRequest(position_id=position, quantity=size),
             )
-            intent.submit(recorded_at=now)
-            unit.add(intent)
             order = OrderRequest(
                 client_id=intent.client_id,
                 account=ledger_account.name,
@@ -302,7 +280,7 @@ class Engine:
                 symbol=held.instrument.symbol,
                 side=held.side,
                 quantity=size,
-                position_ref=held.broker_ref,
+                position_ref=broker_ref,
                 tag=intent.client_id[:8],
             )
             return intent, order
@@ -326,30 +304,48 @@ class Engine:
             level = None if price is None else held.instrument.price(price, field=field)
             stop, target = (level, held.take_profit) if stop_loss else (held.stop_loss, level)
             check_protection(held.instrument, held.side, stop, target)
-            ledger_account = unit.get(Account, held.account_id)
-            if ledger_account is None or held.broker_ref is None:
-                raise NotFound(f"position {position} has no account or broker reference")
-            now = self.clock()
-            intent = Intent.record(
+            ledger_account, broker_ref = _at_broker(unit, held)
+            intent = self._submitted(
+                unit,
                 uuid4(),
-                kind=IntentKind.POSITION_UPDATE,
-                account_id=held.account_id,
-                payload=ProtectionChange(position_id=position, stop_loss=stop, take_profit=target),
-                epoch=self.epoch,
-                recorded_at=now,
+                IntentKind.POSITION_UPDATE,
+                ledger_account,
+                ProtectionChange(position_id=position, stop_loss=stop, take_profit=target),
             )
-            intent.submit(recorded_at=now)
-            unit.add(intent)
             request = ProtectionRequest(
                 client_id=intent.client_id,
                 account=ledger_account.name,
-                position_ref=held.broker_ref,
+                position_ref=broker_ref,
                 **{field: level},
             )
             return intent, request
 
         intent, request = await self.writer.execute(record)
         return await self._send(intent, self.broker.amend_protection(request), None)
+
+    def _submitted(
+        self,
+        unit: UnitOfWork,
+        intent_id: UUID,
+        kind: IntentKind,
+        account: Account,
+        payload: Payload,
+        reservation: Money | None = None,
+    ) -> Intent:
+        """Commit 1's intent: recorded and marked submitted, as it goes to the broker next."""
+        now = self.clock()
+        intent = Intent.record(
+            intent_id,
+            kind=kind,
+            account_id=account.id,
+            payload=payload,
+            epoch=self.epoch,
+            recorded_at=now,
+            reservation=reservation,
+        )
+        intent.submit(recorded_at=now)
+        unit.add(intent)
+        return intent
 
     # The broker call and commit 2 -----------------------------------------------------
 
@@ -572,6 +568,14 @@ def _require_account(unit: UnitOfWork, name: str) -> Account:
     if account is None:
         raise NotFound(f"no account {name!r}: deposit into it first")
     return account
+
+
+def _at_broker(unit: UnitOfWork, held: Position) -> tuple[Account, str]:
+    """The account and the broker's reference a position is known by at the broker."""
+    account = unit.get(Account, held.account_id)
+    if account is None or held.broker_ref is None:
+        raise NotFound(f"position {held.id} has no account or broker reference")
+    return account, held.broker_ref
 
 
 def _require_open_position(unit: UnitOfWork, position: UUID) -> Position:
