@@ -176,36 +176,24 @@ class PaperBook(Execution, Queries):
         quantity = _checked(lambda: instrument.quantity(order.quantity))
         if order.action is OrderAction.OPEN:
             position_ref = None
-            self._check_open_levels(instrument, order)
+            self._check_levels(instrument, order.side, order.stop_loss, order.take_profit)
         else:
             position_ref = self._closable(order, quantity)
         fill_now = quantity
         if self._happens(Fault.PARTIAL_FILL, key):
             half = (quantity / 2).quantize(instrument.quantity_step, rounding=ROUND_DOWN)
             fill_now = Quantity(half) if half > 0 else quantity
-        step = self.step
         lag = self.settings.lag_seconds if self._happens(Fault.LOOKUP_LAG, key) else 0
-        seq = self._next_seq("orders")
-        ref = f"O{seq}"
-        self._db.execute(
-            "INSERT INTO orders (seq, ref, client_id, account, action, symbol, side, quantity,"
-            " filled, status, position_ref, tag, created_step, visible_step)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '0', ?, ?, ?, ?, ?)",
-            (
-                seq,
-                ref,
-                order.client_id,
-                order.account,
-                order.action.value,
-                order.symbol,
-                order.side.value,
-                str(quantity),
-                OrderStatus.WORKING.value,
-                position_ref,
-                order.tag,
-                step,
-                step + lag,
-            ),
+        ref = self._insert_order(
+            client_id=order.client_id,
+            account=order.account,
+            action=order.action,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            position_ref=position_ref,
+            tag=order.tag,
+            lag=lag,
         )
         duplicate = self._happens(Fault.DUPLICATE_ACK, key)
         fill = self._fill_order(ref, fill_now, reported=2 if duplicate else 1)
@@ -319,9 +307,6 @@ class PaperBook(Execution, Queries):
         if order.action is OrderAction.REDUCE and quantity >= held:
             raise Refusal(f"reduce {quantity} of {order.position_ref}: it holds only {held}")
         return order.position_ref
-
-    def _check_open_levels(self, instrument: Instrument, order: OrderRequest) -> None:
-        self._check_levels(instrument, order.side, order.stop_loss, order.take_profit)
 
     def _check_levels(
         self,

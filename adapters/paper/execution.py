@@ -283,26 +283,58 @@ class Execution(Tables):
                 continue
             instrument = self._instrument(chooser.choice(symbols))
             side = chooser.choice([Side.LONG, Side.SHORT])
-            seq = self._next_seq("orders")
-            step = self.step
-            self._db.execute(
-                "INSERT INTO orders (seq, ref, client_id, account, action, symbol, side,"
-                " quantity, filled, status, position_ref, tag, created_step, visible_step)"
-                " VALUES (?, ?, NULL, ?, 'open', ?, ?, ?, '0', 'working', NULL, 'external', ?, ?)",
-                (
-                    seq,
-                    f"O{seq}",
-                    account["name"],
-                    instrument.symbol,
-                    side.value,
-                    str(instrument.quantity_step),
-                    step,
-                    step,
-                ),
+            ref = self._insert_order(
+                client_id=None,
+                account=account["name"],
+                action=OrderAction.OPEN,
+                symbol=instrument.symbol,
+                side=side,
+                quantity=Quantity(instrument.quantity_step),
+                position_ref=None,
+                tag="external",
             )
             try:
-                self._fill_order(f"O{seq}", Quantity(instrument.quantity_step))
+                self._fill_order(ref, Quantity(instrument.quantity_step))
             except Refusal:
-                self._db.execute("DELETE FROM orders WHERE seq = ?", (seq,))
+                self._db.execute("DELETE FROM orders WHERE ref = ?", (ref,))
                 continue
             return
+
+    def _insert_order(
+        self,
+        *,
+        client_id: str | None,
+        account: str,
+        action: OrderAction,
+        symbol: str,
+        side: Side,
+        quantity: Quantity,
+        position_ref: str | None,
+        tag: str,
+        lag: int = 0,
+    ) -> str:
+        """A new working order, visible to reads `lag` steps from now; returns its ref."""
+        seq = self._next_seq("orders")
+        ref = f"O{seq}"
+        step = self.step
+        self._db.execute(
+            "INSERT INTO orders (seq, ref, client_id, account, action, symbol, side, quantity,"
+            " filled, status, position_ref, tag, created_step, visible_step)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '0', ?, ?, ?, ?, ?)",
+            (
+                seq,
+                ref,
+                client_id,
+                account,
+                action.value,
+                symbol,
+                side.value,
+                str(quantity),
+                OrderStatus.WORKING.value,
+                position_ref,
+                tag,
+                step,
+                step + lag,
+            ),
+        )
+        return ref

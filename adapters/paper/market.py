@@ -93,7 +93,7 @@ def next_price(seed: int, symbol: str, step: int, price: Decimal) -> Decimal:
         -listing.ticks_per_step, listing.ticks_per_step
     )
     moved = price + moves * tick
-    # A walk must not reach zero: reflect off one tick.
+    # A walk must not reach zero: it stops at one tick.
     return moved if moved > 0 else tick
 
 
