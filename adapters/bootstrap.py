@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL, Store
-from ledger.engine import Engine
+from ledger.engine import BROKER_TIMEOUT_SECONDS, Engine
+from recovery.recover import recover_at_startup
+
+Startup = Callable[[Engine], Awaitable[object]]
 
 
 def process_name() -> str:
@@ -27,11 +30,23 @@ def process_name() -> str:
 
 @asynccontextmanager
 async def open_engine(
-    store: str = DEFAULT_STORE_URL, broker: str = DEFAULT_BROKER_URL, **options: object
+    store: str = DEFAULT_STORE_URL,
+    broker: str = DEFAULT_BROKER_URL,
+    *,
+    startup: Startup = recover_at_startup,
+    broker_timeout: float = BROKER_TIMEOUT_SECONDS,
 ) -> AsyncIterator[Engine]:
-    """Open the store and the broker, take the lease, and run an engine on them."""
+    """Open the store and the broker, take the lease, recover, and run an engine on them.
+
+    `startup` runs before the engine serves: startup recovery, unless the
+    caller runs its own reconciliation instead.
+    """
     with Store.open(store) as opened_store, PaperBroker.open(broker) as opened_broker:
         async with Engine.open(
-            opened_store, opened_broker, holder=process_name(), **options
+            opened_store,
+            opened_broker,
+            holder=process_name(),
+            startup=startup,
+            broker_timeout=broker_timeout,
         ) as engine:
             yield engine

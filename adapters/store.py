@@ -32,26 +32,31 @@ from adapters.sqlite_store import DurableSQLiteFactory, create_private_file
 from ledger.account import Account
 from ledger.aggregate import Aggregate
 from ledger.catalogue import EVENT_TYPES
-from ledger.intent import INTENT_EVENTS, IntentRecorded
 
 DEFAULT_STORE_URL = "sqlite:///./ledger.db"
 
 A = TypeVar("A", bound=Aggregate)
 
 NOTIFICATION_PAGE = 1000
-INTENT_TOPICS = [
-    f"{cls.stored_name}/v{version}"
-    for cls in INTENT_EVENTS
-    for version in range(1, cls.class_version + 1)
-]
-TERMINAL_INTENT_EVENTS = frozenset(
-    {
-        "intent.completed",
-        "intent.failed",
-        "intent.rolled_back",
-        "intent.resolved_by_operator",
-    }
+
+
+def _topics(*names: str) -> list[str]:
+    """Every stored topic (every version) of the events called `names`."""
+    by_name = {cls.stored_name: cls for cls in EVENT_TYPES}
+    return [
+        f"{name}/v{version}"
+        for name in names
+        for version in range(1, by_name[name].class_version + 1)
+    ]
+
+
+INTENT_STARTS = _topics("intent.recorded")
+INTENT_ENDS = _topics(
+    "intent.completed", "intent.failed", "intent.rolled_back", "intent.resolved_by_operator"
 )
+POSITION_STARTS = _topics("position.opened")
+POSITION_ENDS = _topics("position.closed")
+ACCOUNT_STARTS = _topics("account.opened")
 
 # The version of the tables this code writes. Stored in the database, so an
 # older ledger refuses a store a newer one has migrated.
@@ -222,21 +227,34 @@ class Store:
         return aggregate
 
     def unfinished_intents(self) -> list[UUID]:
-        """Intents recorded and not yet terminal, by reading the intent events in order."""
-        unfinished: dict[UUID, None] = {}
+        """Intents recorded and not yet terminal, oldest first."""
+        return self._live(INTENT_STARTS, INTENT_ENDS)
+
+    def open_positions(self) -> list[UUID]:
+        """Positions opened and not yet closed, oldest first."""
+        return self._live(POSITION_STARTS, POSITION_ENDS)
+
+    def accounts(self) -> list[UUID]:
+        """Every account, oldest first."""
+        return self._live(ACCOUNT_STARTS, [])
+
+    def _live(self, starts: list[str], ends: list[str]) -> list[UUID]:
+        """Streams with a `starts` event and no `ends` event, by reading those events in order."""
+        ending = frozenset(ends)
+        live: dict[UUID, None] = {}
         position = 1
         while True:
             page = self.application.recorder.select_notifications(
-                start=position, limit=NOTIFICATION_PAGE, topics=INTENT_TOPICS
+                start=position, limit=NOTIFICATION_PAGE, topics=[*starts, *ends]
             )
             for notification in page:
-                intent_id = UUID(str(notification.originator_id))
-                if notification.topic.startswith(f"{IntentRecorded.stored_name}/"):
-                    unfinished[intent_id] = None
-                elif notification.topic.split("/")[0] in TERMINAL_INTENT_EVENTS:
-                    unfinished.pop(intent_id, None)
+                stream = UUID(str(notification.originator_id))
+                if notification.topic in ending:
+                    live.pop(stream, None)
+                else:
+                    live[stream] = None
             if len(page) < NOTIFICATION_PAGE:
-                return list(unfinished)
+                return list(live)
             position = page[-1].id + 1
 
     @contextmanager

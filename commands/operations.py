@@ -19,9 +19,10 @@ from adapters.bootstrap import open_engine
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL
 from commands.shared import BrokerOption, JsonOption, StoreOption, errors_as_exit_codes, print_json
-from ledger.engine import Engine, OperationResult
+from ledger.engine import Engine
 from ledger.errors import InvalidValue
 from ledger.instruments import Side
+from ledger.settlement import OperationResult
 
 Account = Annotated[str, typer.Argument(help="The ledger account.")]
 Amount = Annotated[str, typer.Argument(help="How much, e.g. 10000 or 2500.50.")]

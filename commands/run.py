@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 import anyio
@@ -18,16 +20,21 @@ from adapters.bootstrap import open_engine
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL
+from commands.reconcile import PolicyOption
 from commands.shared import BrokerOption, StoreOption, errors_as_exit_codes
 from ledger.demo import DemoStatistics, prepare_accounts, run_demo
 from ledger.engine import Engine
 from ledger.errors import InvalidValue
+from recovery.context import ProtectionPolicy
+from recovery.job import reconcile_every
+from recovery.recover import Report, recover_at_startup
 
 # After a stop, traders get this long to finish the operation they are in;
 # what is still in flight then is left to recovery, never guessed.
 GRACE_SECONDS = 10.0
 VIEW_INTERVAL_SECONDS = 0.5
 LOG_INTERVAL_SECONDS = 2.0
+RECONCILE_EVERY_SECONDS = 5.0
 
 
 @errors_as_exit_codes
@@ -40,36 +47,83 @@ def run(
         float | None,
         typer.Option("--duration", min=0.1, help="Stop after this many seconds."),
     ] = None,
+    reconcile_every: Annotated[
+        float,
+        typer.Option(
+            "--reconcile-every",
+            min=0.0,
+            help="Reconcile with the broker every this many seconds (0: only at startup).",
+        ),
+    ] = RECONCILE_EVERY_SECONDS,
+    policy: PolicyOption = ProtectionPolicy.RESTORE,
 ) -> None:
-    """Start the engine; stop with Ctrl-C (SIGINT) or SIGTERM."""
+    """Recover, then run the engine; stop with Ctrl-C (SIGINT) or SIGTERM."""
     statistics = DemoStatistics()
-    anyio.run(_serve, store, broker, demo, seed, duration, statistics)
+    session = Session(demo=demo, seed=seed, reconcile_every=reconcile_every, policy=policy)
+    anyio.run(_serve, store, broker, session, duration, statistics)
     _summary(statistics, demo=demo)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What `ledger run` was asked to do."""
+
+    demo: bool
+    seed: int
+    reconcile_every: float
+    policy: ProtectionPolicy
 
 
 async def _serve(
     store: str,
     broker: str,
-    demo: bool,  # noqa: FBT001
-    seed: int,
+    session: Session,
     duration: float | None,
     statistics: DemoStatistics,
 ) -> None:
     stop = anyio.Event()
     async with (
-        open_engine(store=store, broker=broker) as engine,
+        open_engine(
+            store=store, broker=broker, startup=partial(_startup, policy=session.policy)
+        ) as engine,
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, stop)
         if duration is not None:
             tasks.start_soon(_stop_after, duration, stop)
         tasks.start_soon(_show, engine, statistics, stop)
-        if demo:
-            await _demo(engine, seed, stop, statistics)
+        if session.reconcile_every:
+            await tasks.start(
+                partial(
+                    reconcile_every,
+                    engine,
+                    session.reconcile_every,
+                    policy=session.policy,
+                    on_report=_say_found,
+                    on_error=lambda error: typer.echo(f"reconciliation failed: {error}", err=True),
+                )
+            )
+        if session.demo:
+            await _demo(engine, session.seed, stop, statistics)
         else:
             typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
             await stop.wait()
         tasks.cancel_scope.cancel()
+
+
+async def _startup(engine: Engine, *, policy: ProtectionPolicy) -> None:
+    report = await recover_at_startup(engine, policy)
+    typer.echo(
+        f"recovered: {len(report.items)} findings"
+        + ("; some need review (ledger recover)" if report.needs_review else ""),
+        err=True,
+    )
+
+
+def _say_found(report: Report) -> None:
+    applied = sum(item.applied for item in report.items)
+    if applied:
+        typer.echo(f"reconciliation: {applied} changes from broker evidence", err=True)
 
 
 async def _demo(engine: Engine, seed: int, stop: anyio.Event, statistics: DemoStatistics) -> None:

@@ -89,6 +89,19 @@ class FundsSettled(Event, frozen=True, kw_only=True):
     amount: Money
 
 
+class FundsCommitted(Event, frozen=True, kw_only=True):
+    """`amount` more committed to a position, with no reservation before it.
+
+    For a position adopted from the broker, and for a later fill of an
+    opening order (the rest of a partial fill), which the broker holds
+    funds for whether or not the ledger reserved them.
+    """
+
+    stored_name: ClassVar[str] = "account.funds_committed"
+    position_id: UUID
+    amount: Money
+
+
 class FeeCharged(Event, frozen=True, kw_only=True):
     stored_name: ClassVar[str] = "account.fee_charged"
     amount: Money
@@ -146,6 +159,7 @@ ACCOUNT_EVENTS: tuple[type[Event], ...] = (
     FundsReserved,
     ReservationReleased,
     FundsSettled,
+    FundsCommitted,
     FeeCharged,
     PnlRealised,
     AccountSnapshot,
@@ -234,6 +248,28 @@ class Account(Aggregate):
             intent_id=intent_id,
             position_id=position_id,
             reservation=reservation,
+            amount=amount,
+        )
+
+    def commit(
+        self,
+        position_id: UUID,
+        amount: Money,
+        *,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+    ) -> None:
+        """Hold `amount` more for `position_id`, which no reservation preceded.
+
+        Recorded as the broker holds it, even beyond what is available: the
+        position exists whether or not the ledger would have allowed it.
+        """
+        self._check_positive(amount, "amount")
+        self._trigger(
+            FundsCommitted,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            position_id=position_id,
             amount=amount,
         )
 
@@ -326,17 +362,16 @@ class Account(Aggregate):
                 self.commitments = {held.key: held.amount for held in event.commitments}
             case Deposited():
                 self.total += event.amount
-            case Withdrawn():
+            case Withdrawn() | FeeCharged():
                 self.total -= event.amount
             case FundsReserved():
                 self.reservations[event.intent_id] = event.amount
             case ReservationReleased():
                 del self.reservations[event.intent_id]
-            case FundsSettled():
-                del self.reservations[event.intent_id]
+            case FundsSettled() | FundsCommitted():
+                if isinstance(event, FundsSettled):
+                    del self.reservations[event.intent_id]
                 self._add_commitment(event.position_id, event.amount)
-            case FeeCharged():
-                self.total -= event.amount
             case PnlRealised():
                 self.total += event.amount
                 self._add_commitment(event.position_id, -event.released)

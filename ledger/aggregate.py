@@ -8,13 +8,27 @@ after a command and the state after a reload cannot differ.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Self
 from uuid import UUID
 
 from ledger.events import Event
 from ledger.invariants import invariant
+
+_PLAN: ContextVar[UUID | None] = ContextVar("reconciliation_plan", default=None)
+
+
+@contextmanager
+def written_by_plan(plan_id: UUID) -> Iterator[None]:
+    """Tag every event triggered inside the block with the reconciliation plan `plan_id`."""
+    token = _PLAN.set(plan_id)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
 
 
 class Aggregate:
@@ -53,6 +67,7 @@ class Aggregate:
             originator_version=self.version + 1,
             recorded_at=recorded_at,
             venue_time=venue_time,
+            plan_id=_PLAN.get(),
             **fields,
         )
         self._apply_checked(event)

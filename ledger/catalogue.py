@@ -6,5 +6,6 @@ from ledger.account import ACCOUNT_EVENTS
 from ledger.events import EventTypes
 from ledger.intent import INTENT_EVENTS
 from ledger.position import POSITION_EVENTS
+from ledger.reconciliation import RECONCILIATION_EVENTS
 
-EVENT_TYPES = EventTypes(ACCOUNT_EVENTS + POSITION_EVENTS + INTENT_EVENTS)
+EVENT_TYPES = EventTypes(ACCOUNT_EVENTS + POSITION_EVENTS + INTENT_EVENTS + RECONCILIATION_EVENTS)

@@ -19,7 +19,6 @@ is recorded and completed in one commit.
 from __future__ import annotations
 
 import copy
-import decimal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,17 +27,19 @@ from typing import Self, TypeVar
 from uuid import UUID, uuid4
 
 import anyio
-import msgspec
 
+from ledger import settlement
 from ledger.account import Account, account_id, validate_account_name
 from ledger.errors import (
+    Frozen,
     IllegalTransition,
     InvalidValue,
     NotFound,
+    NotReady,
     OperationRejected,
     OutcomeUnknown,
 )
-from ledger.instruments import Instrument, Price, Quantity, Side
+from ledger.instruments import Instrument, Price, Side
 from ledger.intent import (
     BalanceChange,
     CloseRequest,
@@ -53,7 +54,6 @@ from ledger.money import Money
 from ledger.ports import (
     Accepted,
     Broker,
-    Fill,
     Found,
     LedgerStore,
     LookupUnsupported,
@@ -64,7 +64,8 @@ from ledger.ports import (
     Unknown,
     WriteResult,
 )
-from ledger.position import CloseReason, Position, check_protection, position_id
+from ledger.position import Position, check_protection
+from ledger.settlement import OperationResult
 from ledger.writer import UnitOfWork, Writer
 
 T = TypeVar("T")
@@ -75,22 +76,6 @@ RESERVATION_MARGIN = Decimal("0.01")
 BROKER_TIMEOUT_SECONDS = 10.0
 EVIDENCE_ATTEMPTS = 3
 EVIDENCE_INTERVAL_SECONDS = 0.2
-
-
-class OperationResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What an operation did, once its outcome is durable."""
-
-    intent_id: UUID
-    kind: IntentKind
-    status: str
-    client_id: str | None = None
-    broker_ref: str | None = None
-    position_id: UUID | None = None
-    price: Decimal | None = None
-    quantity: Decimal | None = None
-    pnl: Money | None = None
-    reason: str | None = None
-    """Why the broker refused, when it did."""
 
 
 def utc_now() -> datetime:
@@ -115,20 +100,40 @@ class Engine:
         self.clock = clock
         self.broker_timeout = broker_timeout
         self.writer = Writer(store)
+        self.ready = False
+        """False until startup recovery is done: until then every operation is refused."""
+        self.frozen: dict[tuple[UUID, str], UUID] = {}
+        """(account id, symbol) -> the intent awaiting review that freezes its writes."""
+        self.in_flight: set[UUID] = set()
+        """Intents this engine is sending now: theirs to conclude, not recovery's."""
         self._instruments: dict[str, Instrument] = {}
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, store: LedgerStore, broker: Broker, *, holder: str, **options: object
+        cls,
+        store: LedgerStore,
+        broker: Broker,
+        *,
+        holder: str,
+        startup: Callable[[Engine], Awaitable[object]] | None = None,
+        **options: object,
     ) -> AsyncIterator[Self]:
-        """Take the store's lease (as `holder`), start the writer, serve until the block ends."""
+        """Take the store's lease (as `holder`), start the writer, serve until the block ends.
+
+        `startup` (recovery) runs after the lease is taken and before the
+        engine is ready: until it returns, every operation is refused.
+        Without it the engine is ready at once (tests of the engine alone).
+        """
         with store.lease(holder) as epoch:
             try:
                 async with anyio.create_task_group() as tasks:
                     engine = cls(store, broker, epoch=epoch, **options)  # type: ignore[arg-type]
                     await tasks.start(engine.writer.run)
                     try:
+                        if startup is not None:
+                            await startup(engine)
+                        engine.ready = True
                         yield engine
                     finally:
                         engine.writer.close()
@@ -154,6 +159,7 @@ class Engine:
 
     async def deposit(self, account: str, amount: object, currency: str) -> OperationResult:
         """Credit `account`, opening it in `currency` if it is new."""
+        self._check_ready()
         money = Money.parse(amount, currency, positive=True)
         validate_account_name(account)
         intent_id = uuid4()
@@ -176,6 +182,7 @@ class Engine:
 
     async def withdraw(self, account: str, amount: object, currency: str) -> OperationResult:
         """Debit `account`; refused if it would take available funds below zero."""
+        self._check_ready()
         money = Money.parse(amount, currency, positive=True)
         intent_id = uuid4()
 
@@ -215,6 +222,7 @@ class Engine:
         take_profit: object = None,
     ) -> OperationResult:
         """Open a position with a market order, optionally protected by SL and TP."""
+        self._check_ready()
         instrument = await self.instrument(symbol)
         side = Side(side)
         size = instrument.quantity(quantity)
@@ -237,13 +245,20 @@ class Engine:
                     f"{symbol} settles in {instrument.quote_currency}; "
                     f"account {account} holds {ledger_account.currency}",
                 )
+            self._check_not_frozen(ledger_account.id, symbol)
             # The reservation first: it refuses (insufficient funds) before changing anything.
             ledger_account.reserve(intent_id, reservation, recorded_at=self.clock())
             return self._submitted(
-                unit, intent_id, IntentKind.POSITION_OPEN, ledger_account, payload, reservation
+                unit,
+                intent_id,
+                IntentKind.POSITION_OPEN,
+                ledger_account,
+                payload,
+                reservation,
+                broker_time=quote.time,
             )
 
-        intent = await self.writer.execute(record)
+        intent = await self._commit_1(intent_id, record)
         order = OrderRequest(
             client_id=intent.client_id,
             account=account,
@@ -259,19 +274,23 @@ class Engine:
 
     async def close_position(self, position: UUID, quantity: object = None) -> OperationResult:
         """Close all of a position, or `quantity` of it."""
+        self._check_ready()
+        broker_time = await self._call(self.broker.server_time())
+        intent_id = uuid4()
 
         def record(unit: UnitOfWork) -> tuple[Intent, OrderRequest]:
-            held = _require_open_position(unit, position)
+            held = settlement.open_position(unit, position)
             size = held.quantity if quantity is None else held.instrument.quantity(quantity)
             if size > held.quantity:
                 raise InvalidValue("quantity", f"{size} is more than the {held.quantity} open")
             ledger_account, broker_ref = _at_broker(unit, held)
             intent = self._submitted(
                 unit,
-                uuid4(),
+                intent_id,
                 IntentKind.POSITION_CLOSE,
                 ledger_account,
                 CloseRequest(position_id=position, quantity=size),
+                broker_time=broker_time,
             )
             order = OrderRequest(
                 client_id=intent.client_id,
@@ -285,42 +304,65 @@ class Engine:
             )
             return intent, order
 
-        intent, order = await self.writer.execute(record)
+        intent, order = await self._commit_1(intent_id, record)
         return await self._send(intent, self.broker.submit(order), order)
 
     async def change_stop_loss(self, position: UUID, price: object) -> OperationResult:
+        self._check_ready()
         return await self._change_protection(position, price, stop_loss=True)
 
     async def change_take_profit(self, position: UUID, price: object) -> OperationResult:
+        self._check_ready()
         return await self._change_protection(position, price, stop_loss=False)
 
+    async def restore_protection(self, position: UUID) -> OperationResult:
+        """Send the ledger's stop-loss and take-profit of `position` to the broker again.
+
+        For a broker that lost or changed them: the levels the ledger last
+        had confirmed go out through an intent like any other change.
+        Recovery's tool: it works before the engine is ready.
+        """
+        return await self._change_protection(position, None, stop_loss=None)
+
     async def _change_protection(
-        self, position: UUID, price: object, *, stop_loss: bool
+        self, position: UUID, price: object, *, stop_loss: bool | None
     ) -> OperationResult:
-        field = "stop_loss" if stop_loss else "take_profit"
+        """Change one level (`stop_loss` True: stop, False: target) or resend both (None)."""
+        broker_time = await self._call(self.broker.server_time())
+        intent_id = uuid4()
 
         def record(unit: UnitOfWork) -> tuple[Intent, ProtectionRequest]:
-            held = _require_open_position(unit, position)
-            level = None if price is None else held.instrument.price(price, field=field)
-            stop, target = (level, held.take_profit) if stop_loss else (held.stop_loss, level)
-            check_protection(held.instrument, held.side, stop, target)
+            held = settlement.open_position(unit, position)
             ledger_account, broker_ref = _at_broker(unit, held)
+            self._check_not_frozen(ledger_account.id, held.instrument.symbol)
+            stop, target = held.stop_loss, held.take_profit
+            if stop_loss is not None:
+                field = "stop_loss" if stop_loss else "take_profit"
+                level = None if price is None else held.instrument.price(price, field=field)
+                stop, target = (level, target) if stop_loss else (stop, level)
+            check_protection(held.instrument, held.side, stop, target)
             intent = self._submitted(
                 unit,
-                uuid4(),
+                intent_id,
                 IntentKind.POSITION_UPDATE,
                 ledger_account,
                 ProtectionChange(position_id=position, stop_loss=stop, take_profit=target),
+                broker_time=broker_time,
             )
+            levels: dict[str, Decimal | None] = {}
+            if stop_loss is not False:
+                levels["stop_loss"] = stop
+            if stop_loss is not True:
+                levels["take_profit"] = target
             request = ProtectionRequest(
                 client_id=intent.client_id,
                 account=ledger_account.name,
                 position_ref=broker_ref,
-                **{field: level},
+                **levels,
             )
             return intent, request
 
-        intent, request = await self.writer.execute(record)
+        intent, request = await self._commit_1(intent_id, record)
         return await self._send(intent, self.broker.amend_protection(request), None)
 
     def _submitted(
@@ -331,6 +373,8 @@ class Engine:
         account: Account,
         payload: Payload,
         reservation: Money | None = None,
+        *,
+        broker_time: datetime | None = None,
     ) -> Intent:
         """Commit 1's intent: recorded and marked submitted, as it goes to the broker next."""
         now = self.clock()
@@ -342,10 +386,20 @@ class Engine:
             epoch=self.epoch,
             recorded_at=now,
             reservation=reservation,
+            broker_time=broker_time,
         )
         intent.submit(recorded_at=now)
         unit.add(intent)
         return intent
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise NotReady
+
+    def _check_not_frozen(self, account: UUID, symbol: str) -> None:
+        waiting = self.frozen.get((account, symbol))
+        if waiting is not None:
+            raise Frozen(symbol, waiting)
 
     # The broker call and commit 2 -----------------------------------------------------
 
@@ -362,22 +416,58 @@ class Engine:
         with anyio.fail_after(self.broker_timeout):
             return await call
 
+    async def _commit_1(self, intent_id: UUID, record: Callable[[UnitOfWork], T]) -> T:
+        """Record the intent; from then until `_send` ends it is this engine's to conclude."""
+        # Marked before the commit: a reconciliation pass that sees the intent
+        # committed must already see it claimed, or it could decide it too.
+        self.in_flight.add(intent_id)
+        try:
+            return await self.writer.execute(record)
+        except BaseException:
+            self.in_flight.discard(intent_id)
+            raise
+
     async def _send(
         self, intent: Intent, call: Awaitable[WriteResult], order: OrderRequest | None
     ) -> OperationResult:
         try:
-            result = await self._call(call)
-        except TimeoutError:
-            result = Unknown(cause=f"no answer within {self.broker_timeout} s")
-        if isinstance(result, Unknown):
-            found = await self._evidence(intent, order)
-            if found is None:
-                raise OutcomeUnknown(intent.id, result.cause)
-            result = found
+            try:
+                result = await self._call(call)
+            except TimeoutError:
+                result = Unknown(cause=f"no answer within {self.broker_timeout} s")
+            if isinstance(result, Unknown):
+                found = await self._evidence(intent, order)
+                if found is None:
+                    raise OutcomeUnknown(intent.id, result.cause)
+                result = found
+            return await self._commit_2(intent, result)
+        finally:
+            self.in_flight.discard(intent.id)
+
+    async def _commit_2(self, intent: Intent, result: WriteResult) -> OperationResult:
         concluded = await self.writer.execute(lambda unit: self._conclude(unit, intent.id, result))
         if concluded.reason is not None:
             raise OperationRejected(intent.id, concluded.reason)
         return concluded
+
+    def _conclude(self, unit: UnitOfWork, intent_id: UUID, result: WriteResult) -> OperationResult:
+        now = self.clock()
+        if isinstance(result, Rejected):
+            # Not raised here: the failure must be committed first (see _send).
+            return settlement.fail(unit, intent_id, result, now)
+        if not isinstance(result, Accepted):  # pragma: no cover - Unknown never gets here
+            raise IllegalTransition(f"cannot conclude intent {intent_id} from {result!r}")
+        evidence = Evidence(
+            source="submit",
+            observed_at=now,
+            broker_ref=result.broker_ref,
+            detail=settlement.describe_fills(result.fills),
+        )
+        return settlement.complete(unit, intent_id, result, evidence, now, self.known_instrument)
+
+    def known_instrument(self, symbol: str) -> Instrument:
+        """The terms of `symbol`, already asked of the broker by `instrument()`."""
+        return self._instruments[symbol]
 
     async def _evidence(self, intent: Intent, order: OrderRequest | None) -> Accepted | None:
         """Ask the broker (reads only) whether an unanswered order happened.
@@ -401,167 +491,6 @@ class Engine:
                 return Accepted(broker_ref=found.order.broker_ref, fills=found.fills)
         return None
 
-    def _conclude(self, unit: UnitOfWork, intent_id: UUID, result: WriteResult) -> OperationResult:
-        intent = unit.get(Intent, intent_id)
-        if intent is None:  # pragma: no cover - commit 1 stored it
-            raise NotFound(f"intent {intent_id}")
-        ledger_account = unit.get(Account, intent.account_id)
-        if ledger_account is None:  # pragma: no cover - commit 1 checked it
-            raise NotFound(f"account of intent {intent_id}")
-        now = self.clock()
-        if isinstance(result, Rejected):
-            intent.fail(
-                result.reason,
-                recorded_at=now,
-                evidence=Evidence(source="submit", observed_at=now, detail=result.reason),
-            )
-            if intent.id in ledger_account.reservations:
-                ledger_account.release_reservation(intent.id, recorded_at=now)
-            # Not raised here: the failure must be committed first (see _send).
-            return OperationResult(
-                intent_id=intent.id,
-                kind=intent.kind,
-                status=intent.status.value,
-                client_id=intent.client_id,
-                reason=result.reason,
-            )
-        if not isinstance(result, Accepted):  # pragma: no cover - Unknown never gets here
-            raise IllegalTransition(f"cannot conclude intent {intent_id} from {result!r}")
-        return self._apply_acceptance(unit, intent, ledger_account, result)
-
-    def _apply_acceptance(
-        self, unit: UnitOfWork, intent: Intent, account: Account, accepted: Accepted
-    ) -> OperationResult:
-        now = self.clock()
-        # A venue may report one fill twice (a duplicate ack): one per fill id.
-        fills = list({fill.fill_id: fill for fill in accepted.fills}.values())
-        evidence = Evidence(
-            source="submit",
-            observed_at=now,
-            broker_ref=accepted.broker_ref,
-            detail=", ".join(f"{f.fill_id}: {f.quantity} at {f.price}" for f in fills),
-        )
-        payload = intent.payload
-        result = OperationResult(
-            intent_id=intent.id,
-            kind=intent.kind,
-            status="completed",
-            client_id=intent.client_id,
-            broker_ref=accepted.broker_ref,
-        )
-        if isinstance(payload, OpenRequest):
-            result = self._opened(unit, intent, account, payload, fills, result)
-        elif isinstance(payload, CloseRequest):
-            result = self._closed(unit, intent, account, payload, fills, result)
-        elif isinstance(payload, ProtectionChange):
-            result = self._protected(unit, intent, payload, result)
-        intent.complete(evidence, recorded_at=now)
-        return result
-
-    def _opened(
-        self,
-        unit: UnitOfWork,
-        intent: Intent,
-        account: Account,
-        request: OpenRequest,
-        fills: list[Fill],
-        result: OperationResult,
-    ) -> OperationResult:
-        instrument = self._instruments[request.symbol]
-        quantity, price, fee = _totals(fills, instrument)
-        now = self.clock()
-        position = Position.open(
-            position_id(intent.id),
-            account_id=account.id,
-            instrument=instrument,
-            side=request.side,
-            quantity=quantity,
-            entry_price=price,
-            recorded_at=now,
-            venue_time=fills[0].time,
-            stop_loss=_price(request.stop_loss),
-            take_profit=_price(request.take_profit),
-            broker_ref=fills[0].position_ref,
-            client_id=intent.client_id,
-            intent_id=intent.id,
-        )
-        unit.add(position)
-        account.settle(
-            intent.id,
-            position.id,
-            instrument.funds_required(quantity, price),
-            recorded_at=now,
-            venue_time=fills[0].time,
-        )
-        self._charge(account, fee, intent, position.id)
-        return msgspec.structs.replace(
-            result, position_id=position.id, price=price, quantity=quantity
-        )
-
-    def _closed(
-        self,
-        unit: UnitOfWork,
-        intent: Intent,
-        account: Account,
-        request: CloseRequest,
-        fills: list[Fill],
-        result: OperationResult,
-    ) -> OperationResult:
-        held = _require_open_position(unit, request.position_id)
-        quantity, price, fee = _totals(fills, held.instrument)
-        now = self.clock()
-        committed = account.commitments.get(held.id, Money.zero(account.currency))
-        released = (
-            committed
-            if quantity == held.quantity
-            else Money.rounded(
-                committed.amount * quantity / held.quantity, account.currency, decimal.ROUND_DOWN
-            )
-        )
-        pnl = held.close(
-            quantity,
-            price,
-            recorded_at=now,
-            reason=CloseReason.REQUESTED,
-            venue_time=fills[0].time,
-            intent_id=intent.id,
-            broker_ref=result.broker_ref,
-        )
-        account.realise_pnl(
-            held.id, pnl, released, recorded_at=now, venue_time=fills[0].time, intent_id=intent.id
-        )
-        self._charge(account, fee, intent, held.id)
-        return msgspec.structs.replace(
-            result, position_id=held.id, price=price, quantity=quantity, pnl=pnl
-        )
-
-    def _protected(
-        self,
-        unit: UnitOfWork,
-        intent: Intent,
-        request: ProtectionChange,
-        result: OperationResult,
-    ) -> OperationResult:
-        held = _require_open_position(unit, request.position_id)
-        now = self.clock()
-        held.change_stop_loss(
-            _price(request.stop_loss), "requested", recorded_at=now, intent_id=intent.id
-        )
-        held.change_take_profit(
-            _price(request.take_profit), "requested", recorded_at=now, intent_id=intent.id
-        )
-        return msgspec.structs.replace(result, position_id=held.id)
-
-    def _charge(self, account: Account, fee: Money, intent: Intent, position: UUID) -> None:
-        if not fee.is_zero:
-            account.charge_fee(
-                fee,
-                "trading fee",
-                recorded_at=self.clock(),
-                intent_id=intent.id,
-                position_id=position,
-            )
-
 
 def _require_account(unit: UnitOfWork, name: str) -> Account:
     account = unit.get(Account, account_id(name))
@@ -576,36 +505,6 @@ def _at_broker(unit: UnitOfWork, held: Position) -> tuple[Account, str]:
     if account is None or held.broker_ref is None:
         raise NotFound(f"position {held.id} has no account or broker reference")
     return account, held.broker_ref
-
-
-def _require_open_position(unit: UnitOfWork, position: UUID) -> Position:
-    held = unit.get(Position, position)
-    if held is None:
-        raise NotFound(f"no position {position}")
-    if not held.is_open:
-        raise IllegalTransition(f"position {position} is closed")
-    return held
-
-
-def _totals(fills: list[Fill], instrument: Instrument) -> tuple[Quantity, Price, Money]:
-    """Total quantity, price and fee of the fills of one order.
-
-    `fills` holds each fill once (the caller drops duplicates by fill id:
-    a venue may report one fill twice).
-    """
-    if not fills:
-        raise InvalidValue("fills", "an acceptance without a fill cannot open or close anything")
-    quantity = Quantity(sum((fill.quantity for fill in fills), Decimal(0)))
-    if len({fill.price for fill in fills}) > 1:
-        raise InvalidValue(
-            "fills", "fills at several prices need an average the ledger does not take"
-        )
-    fee = sum((fill.fee for fill in fills), Money.zero(instrument.quote_currency))
-    return instrument.quantity(quantity), instrument.price(fills[0].price), fee
-
-
-def _price(value: Decimal | None) -> Price | None:
-    return None if value is None else Price(value)
 
 
 def _balance_result(intent: Intent) -> OperationResult:

@@ -56,6 +56,25 @@ class OperationRejected(LedgerError):  # noqa: N818
         super().__init__(f"the broker rejected it: {reason} (intent {intent_id})")
 
 
+class NotReady(LedgerError):  # noqa: N818
+    """Raised when an operation reaches an engine whose startup recovery has not finished."""
+
+    def __init__(self) -> None:
+        super().__init__("the engine is not ready: startup recovery has not finished")
+
+
+class Frozen(LedgerError):  # noqa: N818
+    """Raised when an operation touches an account and symbol frozen by an intent under review."""
+
+    def __init__(self, symbol: str, intent_id: object) -> None:
+        self.symbol = symbol
+        self.intent_id = intent_id
+        super().__init__(
+            f"writes on {symbol} in this account are frozen: intent {intent_id} needs review "
+            f"(resolve it with `ledger wal resolve {intent_id} --outcome ... --reason ...`)"
+        )
+
+
 class OutcomeUnknown(LedgerError):  # noqa: N818
     """Raised when the broker's answer was lost: the intent stays in flight for recovery."""
 

@@ -35,6 +35,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     originator_version: int
     recorded_at: datetime
     venue_time: datetime | None = None
+    plan_id: UUID | None = None
+    """The reconciliation plan that wrote this event, when one did."""
 
     def __post_init__(self) -> None:
         if self.originator_version < 1:

@@ -148,6 +148,8 @@ class IntentRecorded(Event, frozen=True, kw_only=True):
     attempt: int
     epoch: int
     reservation: Money | None = None
+    broker_time: datetime | None = None
+    """The broker's clock read before the write was sent: no order of this intent is older."""
 
 
 class IntentSubmitted(Event, frozen=True, kw_only=True):
@@ -205,8 +207,11 @@ class Intent(Aggregate):
     attempt: int
     epoch: int
     reservation: Money | None
+    broker_time: datetime | None
     status: IntentStatus
     evidence: list[Evidence]
+    review_reason: str | None
+    """Why it awaits an operator, while it does."""
     broker_ref: str | None
     recorded_at: datetime
     resolved_at: datetime | None
@@ -223,6 +228,7 @@ class Intent(Aggregate):
         recorded_at: datetime,
         attempt: int = 1,
         reservation: Money | None = None,
+        broker_time: datetime | None = None,
     ) -> Self:
         expected = PAYLOAD_OF_KIND[kind]
         if not isinstance(payload, expected):
@@ -240,6 +246,7 @@ class Intent(Aggregate):
             attempt=attempt,
             epoch=epoch,
             reservation=reservation,
+            broker_time=broker_time,
         )
         return intent
 
@@ -309,8 +316,10 @@ class Intent(Aggregate):
                 self.attempt = event.attempt
                 self.epoch = event.epoch
                 self.reservation = event.reservation
+                self.broker_time = event.broker_time
                 self.status = IntentStatus.PENDING
                 self.evidence = []
+                self.review_reason = None
                 self.broker_ref = None
                 self.recorded_at = event.recorded_at
                 self.resolved_at = None
@@ -324,6 +333,7 @@ class Intent(Aggregate):
                 self._resolve(IntentStatus.ROLLED_BACK, event, event.evidence)
             case IntentNeedsReview():
                 self.status = IntentStatus.NEEDS_REVIEW
+                self.review_reason = event.reason
                 if event.evidence is not None:
                     self.evidence.append(event.evidence)
             case IntentResolvedByOperator():

@@ -263,6 +263,14 @@ class Broker(Protocol):
 
     async def server_time(self) -> datetime: ...
 
+    async def wait_until(self, moment: datetime) -> None:
+        """Return once the broker's clock reads `moment` or later.
+
+        How recovery lets a venue's visibility lag pass, measured on the
+        venue's own clock rather than ours.
+        """
+        ...
+
 
 class LedgerStore(Protocol):
     """Where the aggregates live. Synchronous: only the engine's writer thread calls it."""
@@ -276,7 +284,15 @@ class LedgerStore(Protocol):
         ...
 
     def unfinished_intents(self) -> list[UUID]:
-        """Every intent that has not reached a terminal status."""
+        """Every intent that has not reached a terminal status, oldest first."""
+        ...
+
+    def open_positions(self) -> list[UUID]:
+        """Every position not closed yet, oldest first."""
+        ...
+
+    def accounts(self) -> list[UUID]:
+        """Every account, oldest first."""
         ...
 
     def lease(self, holder: str) -> AbstractContextManager[int]:

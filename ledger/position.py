@@ -40,6 +40,19 @@ class Provenance(enum.StrEnum):
     """Found at the broker with no intent behind it and adopted as external."""
 
 
+class PositionFlag(enum.StrEnum):
+    """Something reconciliation found about a position that an operator should see."""
+
+    EXTERNAL = "external"
+    """Opened at the broker by someone else, and adopted."""
+    ORPHAN = "orphan"
+    """Open in the ledger, gone at the broker, and no closing fill explains it."""
+    QUANTITY_MISMATCH = "quantity_mismatch"
+    """The broker holds a different quantity than the ledger."""
+    PROTECTION_MISMATCH = "protection_mismatch"
+    """The broker's stop-loss or take-profit differs from the ledger's."""
+
+
 class PositionStatus(enum.StrEnum):
     OPEN = "open"
     CLOSED = "closed"
@@ -66,6 +79,20 @@ class PositionOpened(Event, frozen=True, kw_only=True):
     broker_ref: str | None = None
     client_id: str | None = None
     provenance: Provenance = Provenance.INTENT
+    intent_id: UUID | None = None
+    fill_id: str | None = None
+    """The broker's fill this position opened with, so it is never recorded twice."""
+
+
+class PositionIncreased(Event, frozen=True, kw_only=True):
+    """A later fill of the opening order added `quantity` at `price` (a partial fill's rest)."""
+
+    stored_name: ClassVar[str] = "position.increased"
+    quantity: Decimal
+    price: Decimal
+    entry_price: Decimal
+    """The quantity-weighted average entry after this fill."""
+    fill_id: str
     intent_id: UUID | None = None
 
 
@@ -94,6 +121,7 @@ class ClosingFill(Event, frozen=True, kw_only=True):
     pnl: Money
     intent_id: UUID | None = None
     broker_ref: str | None = None
+    fill_id: str | None = None
 
 
 class PartiallyClosed(ClosingFill, frozen=True, kw_only=True):
@@ -105,12 +133,27 @@ class PositionClosed(ClosingFill, frozen=True, kw_only=True):
     reason: CloseReason
 
 
+class PositionFlagged(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.flagged"
+    flag: PositionFlag
+    detail: str
+
+
+class PositionFlagCleared(Event, frozen=True, kw_only=True):
+    stored_name: ClassVar[str] = "position.flag_cleared"
+    flag: PositionFlag
+    reason: str
+
+
 POSITION_EVENTS: tuple[type[Event], ...] = (
     PositionOpened,
+    PositionIncreased,
     StopLossChanged,
     TakeProfitChanged,
     PartiallyClosed,
     PositionClosed,
+    PositionFlagged,
+    PositionFlagCleared,
 )
 
 
@@ -131,6 +174,12 @@ class Position(Aggregate):
     provenance: Provenance
     intent_id: UUID | None
     realised_pnl: Money
+    flags: dict[PositionFlag, str]
+    """What reconciliation found, by flag, with the detail it recorded."""
+    fill_ids: set[str]
+    """Every broker fill recorded here: a fill is applied once, however often it is reported."""
+    opened_at: datetime | None
+    """When the broker opened it, by the broker's clock, when known."""
 
     @classmethod
     def open(  # noqa: PLR0913 - every fact of an opening fill, by keyword
@@ -150,9 +199,14 @@ class Position(Aggregate):
         client_id: str | None = None,
         provenance: Provenance = Provenance.INTENT,
         intent_id: UUID | None = None,
+        fill_id: str | None = None,
     ) -> Self:
         instrument.quantity(quantity)
-        instrument.price(entry_price, field="entry_price")
+        if provenance is Provenance.INTENT:
+            instrument.price(entry_price, field="entry_price")
+        elif entry_price <= 0:
+            # An adopted position's entry is the broker's average: off the tick, but positive.
+            raise InvalidValue("entry_price", f"{entry_price} must be more than zero")
         check_protection(instrument, side, stop_loss, take_profit)
         if provenance is Provenance.INTENT and intent_id is None:
             raise InvalidValue("intent_id", "a position opened by the ledger names its intent")
@@ -172,6 +226,7 @@ class Position(Aggregate):
             client_id=client_id,
             provenance=provenance,
             intent_id=intent_id,
+            fill_id=fill_id,
         )
         return position
 
@@ -179,28 +234,47 @@ class Position(Aggregate):
     def is_open(self) -> bool:
         return self.status is PositionStatus.OPEN
 
+    def increase(
+        self,
+        quantity: Quantity,
+        price: Price,
+        fill_id: str,
+        *,
+        recorded_at: datetime,
+        venue_time: datetime | None = None,
+        intent_id: UUID | None = None,
+    ) -> None:
+        """Add a later fill of the opening order; the entry becomes the weighted average."""
+        self._check_open("increase")
+        self._check_new_fill(fill_id)
+        self.instrument.quantity(quantity)
+        self.instrument.price(price)
+        total = self.quantity + quantity
+        # Unrounded, as venues report it: the P&L of a later close depends on it.
+        average = (self.quantity * self.entry_price + quantity * price) / total
+        self._trigger(
+            PositionIncreased,
+            recorded_at=recorded_at,
+            venue_time=venue_time,
+            quantity=quantity,
+            price=price,
+            entry_price=average,
+            fill_id=fill_id,
+            intent_id=intent_id,
+        )
+
     def change_stop_loss(
         self,
         new: Price | None,
         reason: str,
         *,
         recorded_at: datetime,
-        venue_time: datetime | None = None,
         intent_id: UUID | None = None,
     ) -> None:
         """Move (or remove, with None) the stop-loss. No event if nothing changes."""
-        self._check_open("change the stop-loss of")
-        check_protection(self.instrument, self.side, new, self.take_profit)
-        if new != self.stop_loss:
-            self._trigger(
-                StopLossChanged,
-                recorded_at=recorded_at,
-                venue_time=venue_time,
-                old=self.stop_loss,
-                new=new,
-                reason=reason,
-                intent_id=intent_id,
-            )
+        self.change_protection(
+            new, self.take_profit, reason, recorded_at=recorded_at, intent_id=intent_id
+        )
 
     def change_take_profit(
         self,
@@ -208,22 +282,42 @@ class Position(Aggregate):
         reason: str,
         *,
         recorded_at: datetime,
-        venue_time: datetime | None = None,
         intent_id: UUID | None = None,
     ) -> None:
         """Move (or remove, with None) the take-profit. No event if nothing changes."""
-        self._check_open("change the take-profit of")
-        check_protection(self.instrument, self.side, self.stop_loss, new)
-        if new != self.take_profit:
-            self._trigger(
-                TakeProfitChanged,
-                recorded_at=recorded_at,
-                venue_time=venue_time,
-                old=self.take_profit,
-                new=new,
-                reason=reason,
-                intent_id=intent_id,
-            )
+        self.change_protection(
+            self.stop_loss, new, reason, recorded_at=recorded_at, intent_id=intent_id
+        )
+
+    def change_protection(
+        self,
+        stop_loss: Price | None,
+        take_profit: Price | None,
+        reason: str,
+        *,
+        recorded_at: datetime,
+        intent_id: UUID | None = None,
+    ) -> None:
+        """Set both levels at once; an event for each that changes.
+
+        Checked together: moved one at a time, a valid pair of new levels
+        could cross the other's old level on the way.
+        """
+        self._check_open("change the protection of")
+        check_protection(self.instrument, self.side, stop_loss, take_profit)
+        for event_class, old, new in (
+            (StopLossChanged, self.stop_loss, stop_loss),
+            (TakeProfitChanged, self.take_profit, take_profit),
+        ):
+            if new != old:
+                self._trigger(
+                    event_class,
+                    recorded_at=recorded_at,
+                    old=old,
+                    new=new,
+                    reason=reason,
+                    intent_id=intent_id,
+                )
 
     def close(
         self,
@@ -235,17 +329,26 @@ class Position(Aggregate):
         venue_time: datetime | None = None,
         intent_id: UUID | None = None,
         broker_ref: str | None = None,
+        fill_id: str | None = None,
+        pnl: Money | None = None,
     ) -> Money:
         """Close `quantity` at `price`: all that is open closes the position.
 
-        Returns the realised P&L of this close.
+        `pnl` is what the broker says the close realised, when it says so:
+        that is the money that moved, and it is recorded as reported.
+        Otherwise the position works it out. Returns the realised P&L.
         """
         self._check_open("close")
+        if fill_id is not None:
+            self._check_new_fill(fill_id)
         self.instrument.quantity(quantity)
         self.instrument.price(price)
         if quantity > self.quantity:
             raise InvalidValue("quantity", f"{quantity} is more than the {self.quantity} open")
-        pnl = self.instrument.pnl(self.side, quantity, self.entry_price, price)
+        if pnl is None:
+            pnl = self.instrument.pnl(self.side, quantity, self.entry_price, price)
+        elif pnl.currency != self.instrument.quote_currency:
+            raise InvalidValue("pnl", f"{pnl} is not in {self.instrument.quote_currency}")
         closes_all = quantity == self.quantity
         self._trigger(
             PositionClosed if closes_all else PartiallyClosed,
@@ -256,9 +359,26 @@ class Position(Aggregate):
             pnl=pnl,
             intent_id=intent_id,
             broker_ref=broker_ref,
+            fill_id=fill_id,
             **({"reason": reason} if closes_all else {}),
         )
         return pnl
+
+    def flag(self, flag: PositionFlag, detail: str, *, recorded_at: datetime) -> None:
+        """Raise `flag` with `detail`. No event if it is already raised with that detail."""
+        if not detail.strip():
+            raise InvalidValue("detail", "a flag says what was found")
+        if self.flags.get(flag) != detail:
+            self._trigger(PositionFlagged, recorded_at=recorded_at, flag=flag, detail=detail)
+
+    def clear_flag(self, flag: PositionFlag, reason: str, *, recorded_at: datetime) -> None:
+        """Lower `flag`, saying why. No event if it is not raised."""
+        if flag in self.flags:
+            self._trigger(PositionFlagCleared, recorded_at=recorded_at, flag=flag, reason=reason)
+
+    def _check_new_fill(self, fill_id: str) -> None:
+        if fill_id in self.fill_ids:
+            raise IllegalTransition(f"fill {fill_id} is already recorded on position {self.id}")
 
     def _check_open(self, action: str) -> None:
         if not self.is_open:
@@ -280,17 +400,28 @@ class Position(Aggregate):
                 self.provenance = event.provenance
                 self.intent_id = event.intent_id
                 self.realised_pnl = Money.zero(event.instrument.quote_currency)
+                self.flags = {}
+                self.fill_ids = {event.fill_id} if event.fill_id else set()
+                self.opened_at = event.venue_time
+            case PositionIncreased():
+                self.quantity = Quantity(self.quantity + event.quantity)
+                self.entry_price = Price(event.entry_price)
+                self.fill_ids.add(event.fill_id)
             case StopLossChanged():
                 self.stop_loss = _price_or_none(event.new)
             case TakeProfitChanged():
                 self.take_profit = _price_or_none(event.new)
-            case PartiallyClosed():
+            case PartiallyClosed() | PositionClosed():
                 self.quantity = Quantity(self.quantity - event.quantity)
                 self.realised_pnl += event.pnl
-            case PositionClosed():
-                self.quantity = Quantity(self.quantity - event.quantity)
-                self.realised_pnl += event.pnl
-                self.status = PositionStatus.CLOSED
+                if event.fill_id is not None:
+                    self.fill_ids.add(event.fill_id)
+                if isinstance(event, PositionClosed):
+                    self.status = PositionStatus.CLOSED
+            case PositionFlagged():
+                self.flags[event.flag] = event.detail
+            case PositionFlagCleared():
+                self.flags.pop(event.flag, None)
             case _:
                 raise IllegalTransition(f"a position cannot apply {type(event).__name__}")
 

@@ -57,7 +57,7 @@ def instruments(draw: st.DrawFn) -> Instrument:
     )
 
 
-def strategy_for(hint: Any) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one per kind of type
+def strategy_for(hint: Any) -> st.SearchStrategy[Any]:  # noqa: PLR0911, C901 - one per kind of type
     """A strategy for a field's type, with the ledger's rules for money, time and text."""
     if hint is Money:
         return money()
@@ -76,6 +76,9 @@ def strategy_for(hint: Any) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one pe
         return st.one_of(*(strategy_for(arg) for arg in typing.get_args(hint)))
     if origin is list:
         return st.lists(strategy_for(typing.get_args(hint)[0]), max_size=3)
+    if origin is dict:
+        key, value = typing.get_args(hint)
+        return st.dictionaries(strategy_for(key), strategy_for(value), max_size=3)
     if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return structs(hint)
     return st.from_type(hint)

@@ -83,6 +83,10 @@ class Desk:
                 gone = await engine.open_position("main", "ETHUSD", "short", "1")
                 assert gone.position_id is not None
                 await engine.close_position(gone.position_id)
+            # Startup recovery reports what changed since it last ran (here the
+            # balance the broker holds beyond the deposit) once, when it first sees it.
+            async with open_engine(store=self.store_url, broker=self.clean_broker_url):
+                pass
             assert kept.position_id is not None
             return kept.position_id, gone.position_id
 

@@ -133,6 +133,19 @@ class PaperBroker:
     async def server_time(self) -> datetime:
         return await self._run(lambda: market.clock(self._book.step))
 
+    async def wait_until(self, moment: datetime) -> None:
+        # The paper clock moves only when something happens; a client that
+        # waits is something happening: the clock runs on to `moment`, and
+        # prices move and stops trigger as they would meanwhile.
+        def run_on() -> None:
+            steps = market.step_at(moment) - self._book.step
+            if moment > market.clock(market.step_at(moment)):
+                steps += 1
+            if steps > 0:
+                self._book.advance(steps)
+
+        await self._run(run_on)
+
     # Paper broker only -------------------------------------------------------------
 
     async def fund(self, account: str, amount: Money) -> None:

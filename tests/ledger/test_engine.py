@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from pathlib import Path
 
@@ -244,12 +245,13 @@ async def test_a_second_engine_on_the_same_store_is_refused_naming_the_holder(se
 
 async def test_concurrent_operations_share_commits(setup):
     async with setup.engine() as engine:
+        before = copy.copy(engine.writer.statistics)  # startup recovery used the writer too
         await engine.deposit("main", "1", "USD")
         async with anyio.create_task_group() as tasks:
             for _ in range(200):
                 tasks.start_soon(engine.deposit, "main", "1", "USD")
         statistics = engine.writer.statistics
-    assert statistics.commands == 201
-    assert statistics.transactions < statistics.commands
+    assert statistics.commands - before.commands == 201
+    assert statistics.transactions - before.transactions < 201
     assert statistics.batch_size_max > 1
     assert setup.account().total == Money.parse("201", "USD")

@@ -29,7 +29,7 @@ import ledger.engine as engine_module
 from adapters.bootstrap import open_engine
 from adapters.paper import market
 from adapters.paper.broker import PaperBroker
-from adapters.store import INTENT_TOPICS, Store
+from adapters.store import INTENT_STARTS, Store
 from ledger.account import (
     Account,
     AccountSnapshot,
@@ -40,7 +40,7 @@ from ledger.account import (
     account_id,
 )
 from ledger.client_ids import parse_client_id
-from ledger.engine import RESERVATION_MARGIN, Engine, OperationResult
+from ledger.engine import RESERVATION_MARGIN, Engine
 from ledger.errors import (
     IllegalTransition,
     InsufficientFunds,
@@ -53,6 +53,7 @@ from ledger.instruments import Price, Quantity, Side
 from ledger.intent import Intent, IntentKind, IntentRecorded, IntentStatus
 from ledger.money import Money
 from ledger.position import Position, position_id
+from ledger.settlement import OperationResult
 
 CURRENCY = "USD"
 ACCOUNTS = ("main", "desk")
@@ -402,7 +403,7 @@ class EngineMachine(RuleBasedStateMachine):
         recorded = [
             UUID(str(notification.originator_id))
             for notification in self.reader.application.recorder.select_notifications(
-                start=1, limit=1_000_000, topics=INTENT_TOPICS
+                start=1, limit=1_000_000, topics=INTENT_STARTS
             )
             if notification.topic.startswith(f"{IntentRecorded.stored_name}/")
         ]
