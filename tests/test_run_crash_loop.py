@@ -2,7 +2,9 @@
 
 After every kill: no client id twice at the broker, every broker order
 traceable to an intent in the ledger, and no reservation without an
-intent in flight. LEDGER_CRASH_LOOPS raises the number of kills.
+intent in flight. At the end `ledger recover` runs, and the ledger then
+agrees with the broker: the same open positions, the same balances, and
+nothing in flight. LEDGER_CRASH_LOOPS raises the number of kills.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from adapters.store import Store
 from ledger.account import Account, account_id
 from ledger.client_ids import parse_client_id
 from ledger.demo import DEMO_ACCOUNTS
-from ledger.intent import Intent
+from ledger.intent import Intent, IntentStatus
+from ledger.position import Position
 from tests.test_cli import LEDGER
 
 LOOPS = int(os.environ.get("LEDGER_CRASH_LOOPS", "4"))
@@ -50,6 +53,46 @@ def test_the_demo_survives_being_killed_at_random_moments(tmp_path):
         assert demo.returncode == -signal.SIGKILL, errors
         orders = check_consistent(store_url, f"paper:///{broker_path}?seed=9")
     assert orders > LOOPS, "the demo must have traded between the kills"
+    clean_broker = f"paper:///{broker_path}?seed=9"
+    recovered = subprocess.run(
+        [str(LEDGER), "recover", "--json", "--store", store_url, "--broker", clean_broker],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert recovered.returncode in {0, 3}, recovered.stderr
+    check_agrees_with_broker(store_url, clean_broker)
+
+
+def check_agrees_with_broker(store_url: str, broker_url: str) -> None:
+    """Open positions and balances equal the broker's; nothing left in flight."""
+
+    async def broker_state() -> tuple[list, list]:
+        with PaperBroker.open(broker_url, start_session=False) as broker:
+            return await broker.positions(), await broker.account()
+
+    positions, balances = anyio.run(broker_state)
+    with Store.open(store_url) as store:
+        unfinished = [store.get(Intent, intent_id) for intent_id in store.unfinished_intents()]
+        assert all(
+            intent is not None and intent.status is IntentStatus.NEEDS_REVIEW
+            for intent in unfinished
+        ), "recovery left an intent in flight"
+        held = [store.get(Position, position_id) for position_id in store.open_positions()]
+        ledger_view = sorted(
+            (p.broker_ref, p.instrument.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
+            for p in held
+            if p is not None
+        )
+        broker_view = sorted(
+            (p.broker_ref, p.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
+            for p in positions
+        )
+        assert ledger_view == broker_view
+        for balance in balances:
+            account = store.get(Account, account_id(balance.account))
+            assert account is not None
+            assert account.total == balance.balance, balance.account
 
 
 def check_consistent(store_url: str, broker_url: str) -> int:

@@ -149,6 +149,8 @@ class EngineMachine(RuleBasedStateMachine):
         with PaperBroker.open(clean_broker_url) as funding:
             for name, amount in BROKER_FUNDS.items():
                 self.portal.call(funding.fund, name, usd(amount))
+        self.broker_url = broker_url
+        self.clean_broker_url = clean_broker_url
         self.engine = self.stack.enter_context(
             self.portal.wrap_async_context_manager(
                 open_engine(store=self.store_url, broker=broker_url)
@@ -397,6 +399,72 @@ class EngineMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(f"{bad} was accepted")
 
+    @rule()
+    def crash_and_recover(self) -> None:
+        """The engine goes away with what it left in flight; a new one recovers on start.
+
+        Afterwards the ledger equals the broker (open positions, SL/TP,
+        cash) and nothing but an intent under review is left unfinished.
+        """
+        # The old engine's context is the last one on the stack but the two
+        # readers: closing the whole stack and reopening keeps the order simple.
+        self.stack.close()
+        self.stack = ExitStack()
+        self.portal = self.stack.enter_context(anyio.from_thread.start_blocking_portal())
+        self.engine = self.stack.enter_context(
+            self.portal.wrap_async_context_manager(
+                open_engine(store=self.store_url, broker=self.clean_broker_url)
+            )
+        )
+        self.reader = self.stack.enter_context(Store.open(self.store_url))
+        self.broker_view = self.stack.enter_context(
+            PaperBroker.open(self.clean_broker_url, start_session=False)
+        )
+        self._learn_what_recovery_decided()
+        unfinished = [self.reader.get(Intent, i) for i in self.reader.unfinished_intents()]
+        assert all(i is not None and i.status is IntentStatus.NEEDS_REVIEW for i in unfinished)
+        held = [self.reader.get(Position, i) for i in self.reader.open_positions()]
+        ledger_view = sorted(
+            (p.broker_ref, p.instrument.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
+            for p in held
+            if p is not None
+        )
+        broker_view = sorted(
+            (p.broker_ref, p.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
+            for p in self.portal.call(self.broker_view.positions)
+        )
+        assert ledger_view == broker_view
+
+    def _learn_what_recovery_decided(self) -> None:
+        """Bring the model up to what recovery settled from broker evidence."""
+        for intent_id, intent in self.stored_intents().items():
+            self.intents[intent_id] = intent.status
+            if intent.is_terminal:
+                self.in_flight_reservations.pop(intent_id, None)
+            if intent.kind is IntentKind.POSITION_OPEN and intent.status is IntentStatus.COMPLETED:
+                target = position_id(intent_id)
+                if target not in self.positions and target not in self.closed:
+                    position = self.reader.get(Position, target)
+                    assert position is not None
+                    name = self._name(position.account_id)
+                    self.positions[target] = ModelPosition(
+                        name, position.instrument.symbol, position.side, position.quantity
+                    )
+        for target in list(self.positions):
+            position = self.reader.get(Position, target)
+            assert position is not None
+            if not position.is_open:
+                del self.positions[target]
+                self.closed.add(target)
+                continue
+            model = self.positions[target]
+            model.quantity = position.quantity
+            model.stop_loss = position.stop_loss
+            model.doubtful = False
+
+    def _name(self, account: UUID) -> str:
+        return next(name for name in ACCOUNTS if account_id(name) == account)
+
     # Invariants, read from the store and the broker ------------------------------
 
     def stored_intents(self) -> dict[UUID, Intent]:
@@ -521,7 +589,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         orders = self.portal.call(self.broker_view.all_orders)
         client_ids = [order.client_id for order in orders]
-        # (e) unique, and each one an intent in the store, sent in this engine's epoch.
+        # (e) unique, and each one an intent in the store, sent in this or an older epoch.
         assert len(set(client_ids)) == len(client_ids), client_ids
         intents = self.stored_intents()
         for client_id in client_ids:
@@ -530,7 +598,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert parts is not None, f"{client_id!r} is not one of the ledger's client ids"
             assert parts.intent_id in intents, f"{client_id} names no stored intent"
             assert intents[parts.intent_id].client_id == client_id
-            assert parts.epoch == self.engine.epoch
+            assert parts.epoch <= self.engine.epoch
         # Every order the ledger completed is one the broker has; one it left in
         # flight is one the broker's lookup did not show, and with no visibility
         # lag in this fault plan, one the broker does not have.
@@ -539,8 +607,8 @@ class EngineMachine(RuleBasedStateMachine):
                 continue
             if intent.status is IntentStatus.COMPLETED:
                 assert intent.client_id in client_ids, f"{intent.id} completed, not at the broker"
-            elif intent.status is IntentStatus.IN_PROGRESS:
-                assert intent.client_id not in client_ids, f"{intent.id} in flight, yet filled"
+            elif intent.status in {IntentStatus.IN_PROGRESS, IntentStatus.ROLLED_BACK}:
+                assert intent.client_id not in client_ids, f"{intent.id} {intent.status}, yet sent"
 
     @invariant()
     def the_broker_holds_what_the_ledger_holds(self) -> None:
