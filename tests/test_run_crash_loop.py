@@ -22,8 +22,8 @@ from adapters.store import Store
 from ledger.account import Account, account_id
 from ledger.client_ids import parse_client_id
 from ledger.demo import DEMO_ACCOUNTS
-from ledger.intent import Intent, IntentStatus
-from ledger.position import Position
+from ledger.intent import Intent
+from tests.agreement import assert_agrees
 from tests.test_cli import LEDGER
 
 LOOPS = int(os.environ.get("LEDGER_CRASH_LOOPS", "4"))
@@ -73,22 +73,7 @@ def check_agrees_with_broker(store_url: str, broker_url: str) -> None:
 
     positions, balances = anyio.run(broker_state)
     with Store.open(store_url) as store:
-        unfinished = [store.get(Intent, intent_id) for intent_id in store.unfinished_intents()]
-        assert all(
-            intent is not None and intent.status is IntentStatus.NEEDS_REVIEW
-            for intent in unfinished
-        ), "recovery left an intent in flight"
-        held = [store.get(Position, position_id) for position_id in store.open_positions()]
-        ledger_view = sorted(
-            (p.broker_ref, p.instrument.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in held
-            if p is not None
-        )
-        broker_view = sorted(
-            (p.broker_ref, p.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in positions
-        )
-        assert ledger_view == broker_view
+        assert_agrees(store, positions)
         for balance in balances:
             account = store.get(Account, account_id(balance.account))
             assert account is not None

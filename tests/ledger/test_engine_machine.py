@@ -54,6 +54,7 @@ from ledger.intent import Intent, IntentKind, IntentRecorded, IntentStatus
 from ledger.money import Money
 from ledger.position import Position, position_id
 from ledger.settlement import OperationResult
+from tests.agreement import assert_agrees
 
 CURRENCY = "USD"
 ACCOUNTS = ("main", "desk")
@@ -421,19 +422,7 @@ class EngineMachine(RuleBasedStateMachine):
             PaperBroker.open(self.clean_broker_url, start_session=False)
         )
         self._learn_what_recovery_decided()
-        unfinished = [self.reader.get(Intent, i) for i in self.reader.unfinished_intents()]
-        assert all(i is not None and i.status is IntentStatus.NEEDS_REVIEW for i in unfinished)
-        held = [self.reader.get(Position, i) for i in self.reader.open_positions()]
-        ledger_view = sorted(
-            (p.broker_ref, p.instrument.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in held
-            if p is not None
-        )
-        broker_view = sorted(
-            (p.broker_ref, p.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in self.portal.call(self.broker_view.positions)
-        )
-        assert ledger_view == broker_view
+        assert_agrees(self.reader, self.portal.call(self.broker_view.positions))
 
     def _learn_what_recovery_decided(self) -> None:
         """Bring the model up to what recovery settled from broker evidence."""
