@@ -49,6 +49,15 @@ async def reconcile_positions(run: Pass, intents: list[Intent]) -> None:
     for at_broker in run.positions:
         if at_broker.broker_ref not in held_refs and not _is_pending(at_broker.client_id, pending):
             await _external(run, at_broker)
+    for order in run.orders:
+        # A working order of ours is the rest of a partial fill, recorded when
+        # it fills; one that is not ours is someone else's, and reported.
+        if parse_client_id(order.client_id or "") is None:
+            detail = (
+                f"working order {order.action} {order.side} {order.quantity} {order.symbol}, "
+                f"{order.filled_quantity} filled, not placed by this ledger"
+            )
+            run.found(Finding.EXTERNAL, order.account, order.broker_ref, detail)
 
 
 def _is_pending(client_id: str | None, pending: set[UUID]) -> bool:
