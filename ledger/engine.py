@@ -66,7 +66,7 @@ from ledger.ports import (
 )
 from ledger.position import Position, check_protection
 from ledger.settlement import OperationResult
-from ledger.writer import UnitOfWork, Writer
+from ledger.writer import UnitOfWork, Writer, tagged
 
 T = TypeVar("T")
 
@@ -315,17 +315,24 @@ class Engine:
         self._check_ready()
         return await self._change_protection(position, price, stop_loss=False)
 
-    async def restore_protection(self, position: UUID) -> OperationResult:
+    async def restore_protection(
+        self, position: UUID, *, plan_id: UUID | None = None
+    ) -> OperationResult:
         """Send the ledger's stop-loss and take-profit of `position` to the broker again.
 
         For a broker that lost or changed them: the levels the ledger last
         had confirmed go out through an intent like any other change.
         Recovery's tool: it works before the engine is ready.
         """
-        return await self._change_protection(position, None, stop_loss=None)
+        return await self._change_protection(position, None, stop_loss=None, plan_id=plan_id)
 
     async def _change_protection(
-        self, position: UUID, price: object, *, stop_loss: bool | None
+        self,
+        position: UUID,
+        price: object,
+        *,
+        stop_loss: bool | None,
+        plan_id: UUID | None = None,
     ) -> OperationResult:
         """Change one level (`stop_loss` True: stop, False: target) or resend both (None)."""
         broker_time = await self._call(self.broker.server_time())
@@ -362,8 +369,8 @@ class Engine:
             )
             return intent, request
 
-        intent, request = await self._commit_1(intent_id, record)
-        return await self._send(intent, self.broker.amend_protection(request), None)
+        intent, request = await self._commit_1(intent_id, tagged(record, plan_id))
+        return await self._send(intent, self.broker.amend_protection(request), None, plan_id)
 
     def _submitted(
         self,
@@ -428,7 +435,11 @@ class Engine:
             raise
 
     async def _send(
-        self, intent: Intent, call: Awaitable[WriteResult], order: OrderRequest | None
+        self,
+        intent: Intent,
+        call: Awaitable[WriteResult],
+        order: OrderRequest | None,
+        plan_id: UUID | None = None,
     ) -> OperationResult:
         try:
             try:
@@ -440,12 +451,16 @@ class Engine:
                 if found is None:
                     raise OutcomeUnknown(intent.id, result.cause)
                 result = found
-            return await self._commit_2(intent, result)
+            return await self._commit_2(intent, result, plan_id)
         finally:
             self.in_flight.discard(intent.id)
 
-    async def _commit_2(self, intent: Intent, result: WriteResult) -> OperationResult:
-        concluded = await self.writer.execute(lambda unit: self._conclude(unit, intent.id, result))
+    async def _commit_2(
+        self, intent: Intent, result: WriteResult, plan_id: UUID | None
+    ) -> OperationResult:
+        concluded = await self.writer.execute(
+            tagged(lambda unit: self._conclude(unit, intent.id, result), plan_id)
+        )
         if concluded.reason is not None:
             raise OperationRejected(intent.id, concluded.reason)
         return concluded

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from ledger.aggregate import Aggregate
+from ledger.aggregate import Aggregate, written_by_plan
 from ledger.errors import InvariantViolated, LedgerError
 from ledger.intent import Intent
 from ledger.ports import LedgerStore
@@ -71,6 +71,18 @@ class UnitOfWork:
             aggregate.pending_count != count or aggregate.damaged
             for aggregate, count in self.loaded.values()
         )
+
+
+def tagged(command: Callable[[UnitOfWork], T], plan_id: UUID | None) -> Callable[[UnitOfWork], T]:
+    """`command`, with every event it triggers tagged with the reconciliation plan `plan_id`."""
+    if plan_id is None:
+        return command
+
+    def run_tagged(unit: UnitOfWork) -> T:
+        with written_by_plan(plan_id):
+            return command(unit)
+
+    return run_tagged
 
 
 @dataclass

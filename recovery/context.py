@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -17,13 +17,13 @@ from typing import TypeVar
 from uuid import UUID, uuid4
 
 from ledger.account import Account
-from ledger.aggregate import Aggregate, written_by_plan
+from ledger.aggregate import Aggregate
 from ledger.engine import Engine
 from ledger.intent import CloseRequest, Intent, IntentStatus, OpenRequest, ProtectionChange
 from ledger.ports import BrokerPosition, Fill, Order
 from ledger.position import Position
 from ledger.reconciliation import Finding, Item, Trigger
-from ledger.writer import UnitOfWork
+from ledger.writer import UnitOfWork, tagged
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -70,6 +70,10 @@ class Pass:
     positions: list[BrokerPosition] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
+    settled: set[UUID] = field(default_factory=set)
+    """Intents this pass completed or rolled back (or, planning, would)."""
+    planned_levels: dict[UUID, tuple[Decimal | None, Decimal | None]] = field(default_factory=dict)
+    """Planning: the SL/TP a position would have once the changes this pass settles are."""
     unrecorded: dict[str, Decimal] = field(default_factory=dict)
     """By account: what the broker's fills not recorded yet (a plan) did to its balance."""
 
@@ -91,6 +95,12 @@ class Pass:
         """
         seen = self.first_seen.setdefault(intent_id, self.broker_time)
         return self.broker_time >= seen + self.lag
+
+    def note_unrecorded(self, account: str, fills: Iterable[Fill]) -> None:
+        """Planning: what fills the ledger has not recorded would do to `account`'s balance."""
+        for fill in fills:
+            effect = (fill.pnl.amount if fill.pnl else Decimal(0)) - fill.fee.amount
+            self.unrecorded[account] = self.unrecorded.get(account, Decimal(0)) + effect
 
     def found(self, finding: Finding, account: str, subject: object, detail: str) -> Item:
         item = Item(
@@ -115,12 +125,7 @@ class Pass:
 
     async def write(self, command: Callable[[UnitOfWork], T]) -> T:
         """Run `command` in the writer, every event it triggers tagged with this pass's id."""
-
-        def tagged(unit: UnitOfWork) -> T:
-            with written_by_plan(self.report_id):
-                return command(unit)
-
-        return await self.engine.writer.execute(tagged)
+        return await self.engine.writer.execute(tagged(command, self.report_id))
 
     async def read(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
         """A copy of an aggregate as committed (the writer owns the original)."""

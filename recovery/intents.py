@@ -25,7 +25,7 @@ from ledger.intent import (
 )
 from ledger.ports import Accepted, CandidateHint, Found, LookupUnsupported, NotFound, OrderStatus
 from ledger.position import Position
-from ledger.reconciliation import Finding
+from ledger.reconciliation import Finding, Item
 from ledger.settlement import describe_fills
 from ledger.writer import UnitOfWork
 from recovery.context import Pass
@@ -70,12 +70,7 @@ async def resolve(run: Pass, intent: Intent, *, last_chance: bool) -> bool:
     if isinstance(verdict, Wait):
         run.found(Finding.INTENT_WAITING, account, intent.id, verdict.reason)
         return True
-    if isinstance(verdict, Complete):
-        item = run.found(Finding.INTENT_COMPLETED, account, intent.id, verdict.evidence.detail)
-    elif isinstance(verdict, RollBack):
-        item = run.found(Finding.INTENT_ROLLED_BACK, account, intent.id, verdict.evidence.detail)
-    else:
-        item = run.found(Finding.INTENT_NEEDS_REVIEW, account, intent.id, verdict.reason)
+    item = _report(run, account, intent, verdict)
     if not run.writes:
         return False
     if isinstance(intent.payload, OpenRequest):
@@ -94,7 +89,22 @@ async def resolve(run: Pass, intent: Intent, *, last_chance: bool) -> bool:
         run.mark_applied(item)
     else:
         run.items.remove(item)
+        run.settled.discard(intent.id)
     return False
+
+
+def _report(run: Pass, account: str, intent: Intent, verdict: Complete | RollBack | Review) -> Item:
+    """Note the decision as a finding (and, planning, what its fills would do)."""
+    if isinstance(verdict, Review):
+        return run.found(Finding.INTENT_NEEDS_REVIEW, account, intent.id, verdict.reason)
+    run.settled.add(intent.id)
+    if isinstance(verdict, RollBack):
+        return run.found(Finding.INTENT_ROLLED_BACK, account, intent.id, verdict.evidence.detail)
+    if not run.writes:
+        run.note_unrecorded(account, {f.fill_id: f for f in verdict.accepted.fills}.values())
+        if isinstance(change := intent.payload, ProtectionChange):
+            run.planned_levels[change.position_id] = (change.stop_loss, change.take_profit)
+    return run.found(Finding.INTENT_COMPLETED, account, intent.id, verdict.evidence.detail)
 
 
 def _settle(unit: UnitOfWork, run: Pass, intent_id: UUID, verdict: Verdict, now: datetime) -> None:

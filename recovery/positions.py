@@ -31,10 +31,13 @@ from recovery.context import Apply, Pass, ProtectionPolicy
 
 
 async def reconcile_positions(run: Pass, intents: list[Intent]) -> None:
+    # A position is busy while an intent about it stays unsettled; one this
+    # pass settles (or, planning, would settle) is compared like any other.
     busy = {
         intent.payload.position_id
         for intent in intents
         if isinstance(intent.payload, CloseRequest | ProtectionChange)
+        and intent.id not in run.settled
     }
     pending = {intent.id for intent in intents} | run.engine.in_flight
     open_ids = await run.engine.writer.execute(lambda _: run.engine.store.open_positions())
@@ -88,8 +91,9 @@ async def _compare(run: Pass, held: Position, pending: set[UUID]) -> None:
     if at_broker.quantity != quantity:
         detail = f"ledger holds {quantity}, the broker {at_broker.quantity}"
         await _flag(run, account, held, PositionFlag.QUANTITY_MISMATCH, detail)
-    if (at_broker.stop_loss, at_broker.take_profit) != (held.stop_loss, held.take_profit):
-        await _protection(run, account, held, at_broker)
+    levels = run.planned_levels.get(held.id, (held.stop_loss, held.take_profit))
+    if (at_broker.stop_loss, at_broker.take_profit) != levels:
+        await _protection(run, account, held, at_broker, levels)
 
 
 async def _record_fill(run: Pass, account: str, position: UUID, fill: Fill) -> None:
@@ -98,9 +102,8 @@ async def _record_fill(run: Pass, account: str, position: UUID, fill: Fill) -> N
     if fill.pnl is not None:
         detail += f", P&L {fill.pnl}"
     item = run.found(Finding.FILL_RECORDED, account, position, detail)
-    effect = (fill.pnl.amount if fill.pnl else Decimal(0)) - fill.fee.amount
     if not run.writes:
-        run.unrecorded[account] = run.unrecorded.get(account, Decimal(0)) + effect
+        run.note_unrecorded(account, [fill])
         return
     now = run.engine.clock()
     parts = parse_client_id(fill.client_id or "")
@@ -144,9 +147,15 @@ def _stored(unit: UnitOfWork, position: UUID) -> Position:
     return settlement.open_position(unit, position)
 
 
-async def _protection(run: Pass, account: str, held: Position, at_broker: BrokerPosition) -> None:
+async def _protection(
+    run: Pass,
+    account: str,
+    held: Position,
+    at_broker: BrokerPosition,
+    levels: tuple[Decimal | None, Decimal | None],
+) -> None:
     detail = (
-        f"ledger stop-loss {held.stop_loss}, take-profit {held.take_profit}; "
+        f"ledger stop-loss {levels[0]}, take-profit {levels[1]}; "
         f"broker stop-loss {at_broker.stop_loss}, take-profit {at_broker.take_profit}"
     )
     already = held.flags.get(PositionFlag.PROTECTION_MISMATCH) == detail
@@ -163,7 +172,7 @@ async def _protection(run: Pass, account: str, held: Position, at_broker: Broker
         if adopting:
             await run.write(lambda unit: _adopt_levels(unit, held.id, at_broker, run.engine.clock))
         else:
-            await run.engine.restore_protection(held.id)
+            await run.engine.restore_protection(held.id, plan_id=run.report_id)
     except LedgerError:
         run.items.remove(item)
         await _flag(run, account, held, PositionFlag.PROTECTION_MISMATCH, detail)

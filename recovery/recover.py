@@ -106,8 +106,9 @@ async def _read_broker(run: Pass) -> None:
 
 
 async def _fills_since(run: Pass) -> datetime | None:
-    """From just before the oldest open position or unfinished intent, as far as known."""
-    moments: list[datetime] = []
+    """From just before the oldest open position (ours or the broker's) or unfinished intent."""
+    # The broker's own positions count too: one to adopt is rebuilt from its fills.
+    moments: list[datetime] = [position.opened_at for position in run.positions]
     for position_id in await run.engine.writer.execute(lambda _: run.engine.store.open_positions()):
         held = await run.read(Position, position_id)
         if held is None or held.opened_at is None:
