@@ -10,12 +10,16 @@ import enum
 import functools
 import getpass
 import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 from uuid import UUID
 
 import anyio
 import msgspec
 import typer
+from rich.console import Console
 
 from adapters.bootstrap import open_engine
 from adapters.paper.settings import DEFAULT_BROKER_URL
@@ -74,7 +78,8 @@ def recover(
     reports: list[Report] = []
 
     async def startup(engine: Engine) -> None:
-        reports.append(await recover_at_startup(engine, policy))
+        with stages() as progress:
+            reports.append(await recover_at_startup(engine, policy, progress))
 
     async def once() -> None:
         async with open_engine(store=store, broker=broker, startup=startup):
@@ -82,6 +87,17 @@ def recover(
 
     anyio.run(once)
     _finish(reports[0], as_json=as_json)
+
+
+@contextmanager
+def stages() -> Iterator[Callable[[str], None]]:
+    """Show the stage a pass is in, on a terminal (stderr); nothing when it is not one."""
+    if not sys.stderr.isatty():
+        yield lambda _: None
+        return
+    console = Console(stderr=True)
+    with console.status("reconciling") as status:
+        yield status.update
 
 
 @errors_as_exit_codes
@@ -102,9 +118,15 @@ def reconcile_command(
         reports: list[Report] = []
 
         async def startup(engine: Engine) -> None:
-            reports.append(
-                await reconcile(engine, trigger=Trigger.OPERATOR, apply=Apply.ALL, policy=policy)
-            )
+            with stages() as progress:
+                report = await reconcile(
+                    engine,
+                    trigger=Trigger.OPERATOR,
+                    apply=Apply.ALL,
+                    policy=policy,
+                    progress=progress,
+                )
+            reports.append(report)
 
         async def once() -> None:
             async with open_engine(store=store, broker=broker, startup=startup):
@@ -123,9 +145,14 @@ async def _plan(store: str, broker: str, policy: ProtectionPolicy) -> Report:
             engine = Engine(opened_store, opened_broker, epoch=0)
             await tasks.start(engine.writer.run)
             try:
-                report = await reconcile(
-                    engine, trigger=Trigger.OPERATOR, apply=Apply.NOTHING, policy=policy
-                )
+                with stages() as progress:
+                    report = await reconcile(
+                        engine,
+                        trigger=Trigger.OPERATOR,
+                        apply=Apply.NOTHING,
+                        policy=policy,
+                        progress=progress,
+                    )
             finally:
                 engine.writer.close()
     return report

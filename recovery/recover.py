@@ -9,6 +9,7 @@ recorded last, so it describes everything the pass did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -54,8 +55,13 @@ async def reconcile(
     apply: Apply,
     policy: ProtectionPolicy = ProtectionPolicy.RESTORE,
     first_seen: dict[UUID, datetime] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> Report:
-    """One pass over intents, positions and balances; see the module docstring."""
+    """One pass over intents, positions and balances; see the module docstring.
+
+    `progress` hears which stage the pass is in (for a terminal to show).
+    """
+    progress("reading the broker")
     run = Pass(
         engine=engine,
         trigger=trigger,
@@ -65,11 +71,13 @@ async def reconcile(
         first_seen={} if first_seen is None else first_seen,
     )
     await _read_broker(run)
+    progress("resolving unfinished intents")
     startup = trigger is not Trigger.PERIODIC
     waiting = await _resolve_intents(run, last_chance=startup and not run.lag)
     if waiting and startup:
         # The venue may not show these yet: let its clock pass the lag, then
         # ask once more; whatever it still cannot tell needs an operator.
+        progress(f"waiting {run.lag} for the broker's visibility lag")
         with anyio.fail_after(run.lag.total_seconds() + LAG_WAIT_MARGIN_SECONDS):
             await engine.broker.wait_until(run.broker_time + run.lag)
         run.broker_time = await engine.broker.server_time()
@@ -78,7 +86,9 @@ async def reconcile(
         await _resolve_intents(run, last_chance=True, only=waiting)
     intents = await _unfinished(run)
     await refresh_frozen(run, intents)
+    progress("comparing positions")
     await reconcile_positions(run, intents)
+    progress("comparing balances")
     await reconcile_balances(run)
     recorded = await _record(run) if run.writes else False
     return Report(
@@ -92,10 +102,14 @@ async def reconcile(
 
 
 async def recover_at_startup(
-    engine: Engine, policy: ProtectionPolicy = ProtectionPolicy.RESTORE
+    engine: Engine,
+    policy: ProtectionPolicy = ProtectionPolicy.RESTORE,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> Report:
     """Startup recovery: settle what evidence backs, flag the rest, then let the engine serve."""
-    return await reconcile(engine, trigger=Trigger.STARTUP, apply=Apply.EVIDENCE, policy=policy)
+    return await reconcile(
+        engine, trigger=Trigger.STARTUP, apply=Apply.EVIDENCE, policy=policy, progress=progress
+    )
 
 
 async def _read_broker(run: Pass) -> None:
