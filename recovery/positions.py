@@ -91,9 +91,27 @@ async def _compare(run: Pass, held: Position, pending: set[UUID]) -> None:
     if at_broker.quantity != quantity:
         detail = f"ledger holds {quantity}, the broker {at_broker.quantity}"
         await _flag(run, account, held, PositionFlag.QUANTITY_MISMATCH, detail)
+    else:
+        await _clear(run, held, PositionFlag.QUANTITY_MISMATCH)
     levels = run.planned_levels.get(held.id, (held.stop_loss, held.take_profit))
     if (at_broker.stop_loss, at_broker.take_profit) != levels:
         await _protection(run, account, held, at_broker, levels)
+    else:
+        await _clear(run, held, PositionFlag.PROTECTION_MISMATCH)
+
+
+async def _clear(run: Pass, held: Position, flag: PositionFlag) -> None:
+    """Lower a flag the broker no longer bears out (no event if it is not raised)."""
+    if not run.writes or flag not in held.flags:
+        return
+    now = run.engine.clock()
+
+    def lower(unit: UnitOfWork) -> None:
+        stored = unit.get(Position, held.id)
+        if stored is not None and stored.is_open:
+            stored.clear_flag(flag, "the broker agrees with the ledger again", recorded_at=now)
+
+    await run.write(lower)
 
 
 async def _record_fill(run: Pass, account: str, position: UUID, fill: Fill) -> None:

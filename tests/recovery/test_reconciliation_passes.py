@@ -229,3 +229,38 @@ async def test_a_stop_loss_changed_at_the_broker_follows_the_protection_policy(t
     else:
         assert position.flags == {}
         await assert_ledger_matches_broker(venue)
+
+
+async def test_a_flag_is_lowered_once_the_broker_agrees_again(tmp_path):
+    venue = Venue(tmp_path)
+    await venue.fund()
+    async with venue.engine() as engine:
+        await engine.deposit(ACCOUNT, DEPOSIT, "USD")
+        quote = await engine.broker.quote("ETHUSD")
+        ledger_stop = quote.ask + 100
+        opened = await engine.open_position(
+            ACCOUNT, "ETHUSD", Side.SHORT, "1", stop_loss=ledger_stop
+        )
+    with venue.broker() as broker:
+        (held,) = await broker.positions()
+
+    async def move_stop(stop: Decimal, client_id: str) -> None:
+        with venue.broker() as broker:
+            moved = ProtectionRequest(
+                client_id=client_id, account=ACCOUNT, position_ref=held.broker_ref, stop_loss=stop
+            )
+            assert isinstance(await broker.amend_protection(moved), Accepted)
+
+    async def flags_after_recovery() -> dict[PositionFlag, str]:
+        async def recover(engine: Engine) -> None:
+            await recover_at_startup(engine, ProtectionPolicy.FLAG)
+
+        async with venue.engine(startup=recover) as engine:
+            position = await committed(engine, lambda unit: unit.get(Position, opened.position_id))
+        assert position is not None
+        return position.flags
+
+    await move_stop(quote.ask + 40, "desk1")
+    assert set(await flags_after_recovery()) == {PositionFlag.PROTECTION_MISMATCH}
+    await move_stop(ledger_stop, "desk2")
+    assert await flags_after_recovery() == {}
