@@ -19,12 +19,13 @@ from rich.table import Table
 from adapters.bootstrap import open_engine
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
-from adapters.store import DEFAULT_STORE_URL
+from adapters.store import DEFAULT_STORE_URL, Store
 from commands.reconcile import PolicyOption
 from commands.shared import BrokerOption, StoreOption, errors_as_exit_codes
 from ledger.demo import DemoStatistics, prepare_accounts, run_demo
 from ledger.engine import Engine
 from ledger.errors import InvalidValue
+from projections import follow
 from recovery.context import ProtectionPolicy
 from recovery.job import reconcile_every
 from recovery.recover import Report, recover_at_startup
@@ -82,33 +83,39 @@ async def _serve(
     statistics: DemoStatistics,
 ) -> None:
     stop = anyio.Event()
-    async with (
-        open_engine(
-            store=store, broker=broker, startup=partial(_startup, policy=session.policy)
-        ) as engine,
-        anyio.create_task_group() as tasks,
-    ):
-        tasks.start_soon(_stop_on_signal, stop)
-        if duration is not None:
-            tasks.start_soon(_stop_after, duration, stop)
-        tasks.start_soon(_show, engine, statistics, stop)
-        if session.reconcile_every:
-            await tasks.start(
-                partial(
-                    reconcile_every,
-                    engine,
-                    session.reconcile_every,
-                    policy=session.policy,
-                    on_report=_say_found,
-                    on_error=lambda error: typer.echo(f"reconciliation failed: {error}", err=True),
+    # The views read and write through their own connections to the same
+    # database: they follow the log the engine's writer appends to.
+    with Store.open(store) as views:
+        async with (
+            open_engine(
+                store=store, broker=broker, startup=partial(_startup, policy=session.policy)
+            ) as engine,
+            anyio.create_task_group() as tasks,
+        ):
+            await tasks.start(follow, views)
+            tasks.start_soon(_stop_on_signal, stop)
+            if duration is not None:
+                tasks.start_soon(_stop_after, duration, stop)
+            tasks.start_soon(_show, engine, statistics, stop)
+            if session.reconcile_every:
+                await tasks.start(
+                    partial(
+                        reconcile_every,
+                        engine,
+                        session.reconcile_every,
+                        policy=session.policy,
+                        on_report=_say_found,
+                        on_error=lambda error: typer.echo(
+                            f"reconciliation failed: {error}", err=True
+                        ),
+                    )
                 )
-            )
-        if session.demo:
-            await _demo(engine, session.seed, stop, statistics)
-        else:
-            typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
-            await stop.wait()
-        tasks.cancel_scope.cancel()
+            if session.demo:
+                await _demo(engine, session.seed, stop, statistics)
+            else:
+                typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
+                await stop.wait()
+            tasks.cancel_scope.cancel()
 
 
 async def _startup(engine: Engine, *, policy: ProtectionPolicy) -> None:

@@ -7,7 +7,9 @@ Every error a user can cause ends as one line on stderr and an exit code:
        a rejected order, ...)
     2  the command line itself was wrong (unknown option, missing argument)
     3  the store or the broker could not be opened or read, another engine
-       holds the store, or an operation's outcome is unknown
+       holds the store, or an operation's outcome is unknown; for `recover`
+       and `reconcile`: something awaits an operator
+    4  `ledger rebuild --check`: a view differs from its rebuild
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ledger.errors import LeaseHeld, LedgerError, OutcomeUnknown
 
 EXIT_REFUSED = 1
 EXIT_UNAVAILABLE = 3
+EXIT_DIFFERENT = 4
 
 P = ParamSpec("P")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from uuid import UUID
 
 import msgspec
@@ -10,8 +11,8 @@ import typer
 
 from adapters.store import DEFAULT_STORE_URL
 from commands.shared import JsonOption, StoreOption, errors_as_exit_codes, open_store, show
-from ledger.account import Account
-from ledger.intent import Intent
+from commands.views import view_errors
+from projections import catch_up, queries
 
 wal_app = typer.Typer(help="The write-ahead intent log.", no_args_is_help=True)
 
@@ -23,31 +24,39 @@ class PendingIntent(msgspec.Struct, frozen=True, kw_only=True):
     account: str
     client_id: str
     recorded_at: datetime
+    age_seconds: int
+    """How long ago it was recorded, when the command ran."""
+    epoch: int
+    reservation: Decimal | None
+    currency: str | None
+    reason: str | None
+    """Why it awaits an operator's review, when it does."""
 
 
 @wal_app.command("pending")
 @errors_as_exit_codes
+@view_errors
 def pending(store: StoreOption = DEFAULT_STORE_URL, as_json: JsonOption = False) -> None:  # noqa: FBT002
     """Intents not yet completed, failed or rolled back: what recovery must resolve."""
-    rows: list[PendingIntent] = []
     with open_store(store) as opened:
-        names: dict[UUID, str] = {}
-        for intent_id in opened.unfinished_intents():
-            intent = opened.get(Intent, intent_id)
-            if intent is None:  # pragma: no cover - listed because it has events
-                continue
-            if intent.account_id not in names:
-                account = opened.get(Account, intent.account_id)
-                names[intent.account_id] = account.name if account else str(intent.account_id)
-            rows.append(
-                PendingIntent(
-                    intent_id=intent.id,
-                    kind=intent.kind.value,
-                    status=intent.status.value,
-                    account=names[intent.account_id],
-                    client_id=intent.client_id,
-                    recorded_at=intent.recorded_at,
-                )
-            )
-    columns = ["intent_id", "kind", "status", "account", "client_id", "recorded_at"]
-    show(rows, columns, as_json=as_json)
+        catch_up(opened)
+        rows = queries.pending_intents(opened)
+    now = datetime.now(UTC)
+    intents = [
+        PendingIntent(
+            intent_id=row.intent_id,
+            kind=row.kind,
+            status=row.status,
+            account=row.account,
+            client_id=row.client_id,
+            recorded_at=row.recorded_at,
+            age_seconds=max(0, int((now - row.recorded_at).total_seconds())),
+            epoch=row.epoch,
+            reservation=row.reservation,
+            currency=row.currency,
+            reason=row.reason,
+        )
+        for row in rows
+    ]
+    columns = ["intent_id", "kind", "status", "account", "client_id", "age_seconds"]
+    show(intents, columns, as_json=as_json)
