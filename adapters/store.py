@@ -12,6 +12,7 @@ mapper; `save(*aggregates)` is one atomic transaction.
 from __future__ import annotations
 
 import enum
+import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -322,6 +323,33 @@ class Store:
             )
 
     def _check_schema_version(self) -> None:
+        stored = self._stored_schema_version()
+        if stored is None:
+            stored = self._create_schema_tables()
+        if stored > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.location.describe()} has schema version {stored}; this ledger "
+                f"understands up to {SCHEMA_VERSION}: upgrade the ledger"
+            )
+
+    def _stored_schema_version(self) -> int | None:
+        """The schema version, read only: None while the store's own tables are not made yet.
+
+        Read first, so opening an existing store never writes: processes that
+        open it at once (an engine, its views, an operator's read) must not
+        queue for SQLite's single write lock just to find nothing to do.
+        """
+        try:
+            with self._transaction(commit=False) as cursor:
+                cursor.execute(f"SELECT version FROM {self._table('ledger_schema')}")  # noqa: S608
+                version = cursor.fetchone()
+                cursor.execute(f"SELECT epoch FROM {self._table('ledger_lease')}")  # noqa: S608
+                epoch = cursor.fetchone()
+        except (sqlite3.Error, psycopg.Error, PersistenceError):
+            return None  # the tables do not exist yet
+        return None if version is None or epoch is None else int(_first(version))
+
+    def _create_schema_tables(self) -> int:
         table = self._table("ledger_schema")
         with self._transaction(commit=True) as cursor:
             cursor.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
@@ -338,11 +366,7 @@ class Store:
                 f"INSERT INTO {lease} (epoch) SELECT 0 "  # noqa: S608
                 f"WHERE NOT EXISTS (SELECT 1 FROM {lease})"
             )
-        if stored > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.location.describe()} has schema version {stored}; this ledger "
-                f"understands up to {SCHEMA_VERSION}: upgrade the ledger"
-            )
+        return stored
 
     def _scalar(self, statement: str) -> int:
         with self._transaction(commit=False) as cursor:

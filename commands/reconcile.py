@@ -43,7 +43,7 @@ from ledger.ports import Accepted
 from ledger.reconciliation import Trigger
 from ledger.writer import UnitOfWork
 from recovery.context import Apply, ProtectionPolicy
-from recovery.recover import Report, reconcile, recover_at_startup
+from recovery.recover import Report, reconcile
 
 PolicyOption = Annotated[
     ProtectionPolicy,
@@ -75,18 +75,30 @@ def recover(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Run startup recovery alone: settle what broker evidence backs, flag the rest."""
+    report = _as_startup(store, broker, Trigger.STARTUP, Apply.EVIDENCE, policy)
+    _finish(report, as_json=as_json)
+
+
+def _as_startup(
+    store: str, broker: str, trigger: Trigger, apply: Apply, policy: ProtectionPolicy
+) -> Report:
+    """Take the lease and run one pass as the engine's startup; return its report."""
     reports: list[Report] = []
 
     async def startup(engine: Engine) -> None:
         with stages() as progress:
-            reports.append(await recover_at_startup(engine, policy, progress))
+            reports.append(
+                await reconcile(
+                    engine, trigger=trigger, apply=apply, policy=policy, progress=progress
+                )
+            )
 
     async def once() -> None:
         async with open_engine(store=store, broker=broker, startup=startup):
             pass
 
     anyio.run(once)
-    _finish(reports[0], as_json=as_json)
+    return reports[0]
 
 
 @contextmanager
@@ -115,25 +127,7 @@ def reconcile_command(
     if plan:
         report = anyio.run(functools.partial(_plan, store, broker, policy))
     else:
-        reports: list[Report] = []
-
-        async def startup(engine: Engine) -> None:
-            with stages() as progress:
-                report = await reconcile(
-                    engine,
-                    trigger=Trigger.OPERATOR,
-                    apply=Apply.ALL,
-                    policy=policy,
-                    progress=progress,
-                )
-            reports.append(report)
-
-        async def once() -> None:
-            async with open_engine(store=store, broker=broker, startup=startup):
-                pass
-
-        anyio.run(once)
-        report = reports[0]
+        report = _as_startup(store, broker, Trigger.OPERATOR, Apply.ALL, policy)
     _finish(report, as_json=as_json)
 
 

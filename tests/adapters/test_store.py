@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -232,3 +233,23 @@ def test_postgresql_that_acknowledges_unflushed_commits_is_refused(postgres_serv
     finally:
         with psycopg.connect(postgres_server, autocommit=True) as connection:
             connection.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def test_many_processes_may_open_one_sqlite_store_at_once(sqlite_url):
+    store_url = sqlite_url
+    Store.open(store_url).close()  # made once; from then on opening only reads
+    errors: list[BaseException] = []
+
+    def open_and_close() -> None:
+        try:
+            with Store.open(store_url) as opened:
+                opened.info()
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_and_close) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
