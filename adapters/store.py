@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from uuid import UUID
 import msgspec
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import Mapper, PersistenceError
+from eventsourcing.persistence import InternalError, Mapper, PersistenceError
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from adapters.codec import MsgspecMapper
@@ -62,6 +63,11 @@ ACCOUNT_STARTS = _topics("account.opened")
 # The version of the tables this code writes. Stored in the database, so an
 # older ledger refuses a store a newer one has migrated.
 SCHEMA_VERSION = 1
+
+# Opening a store that another process is opening at the same moment may
+# need another try (see _application); bounded, like every retry here.
+OPEN_ATTEMPTS = 5
+OPEN_RETRY_SECONDS = 0.05
 
 # Accounts see the most events (every reservation, settlement, fee); a
 # snapshot every this many events bounds the replay needed to load one.
@@ -186,10 +192,7 @@ class Store:
         self.location = location
         if location.path is not None:
             _prepare_sqlite_file(location.path)
-        try:
-            self.application = LedgerApplication(env=location.environment)
-        except PersistenceError as error:
-            raise StoreError(f"cannot open {location.describe()}: {error}") from error
+        self.application = _application(location)
         try:
             self._check_durability()
             self._check_schema_version()
@@ -376,6 +379,25 @@ class Store:
     def _transaction(self, *, commit: bool) -> AbstractContextManager[Any]:
         datastore = self.application.recorder.datastore  # type: ignore[attr-defined]
         return cast("AbstractContextManager[Any]", datastore.transaction(commit=commit))
+
+
+def _application(location: StoreLocation) -> LedgerApplication:
+    """The application on `location`, opened again if a concurrent open got in the way.
+
+    eventsourcing makes its tables (IF NOT EXISTS) on every open, and
+    PostgreSQL refuses the same DDL from two sessions at the same moment
+    ("tuple concurrently updated"): a second try finds the tables made.
+    """
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return LedgerApplication(env=location.environment)
+        except InternalError as error:
+            if attempt == OPEN_ATTEMPTS:
+                raise StoreError(f"cannot open {location.describe()}: {error}") from error
+            time.sleep(OPEN_RETRY_SECONDS * attempt)
+        except PersistenceError as error:
+            raise StoreError(f"cannot open {location.describe()}: {error}") from error
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 def _first(row: object) -> int | str:

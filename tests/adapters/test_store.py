@@ -235,8 +235,7 @@ def test_postgresql_that_acknowledges_unflushed_commits_is_refused(postgres_serv
             connection.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
-def test_many_processes_may_open_one_sqlite_store_at_once(sqlite_url):
-    store_url = sqlite_url
+def test_many_processes_may_open_one_store_at_once(store_url):
     Store.open(store_url).close()  # made once; from then on opening only reads
     errors: list[BaseException] = []
 
