@@ -388,16 +388,17 @@ def _application(location: StoreLocation) -> LedgerApplication:
     PostgreSQL refuses the same DDL from two sessions at the same moment
     ("tuple concurrently updated"): a second try finds the tables made.
     """
-    for attempt in range(1, OPEN_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             return LedgerApplication(env=location.environment)
         except InternalError as error:
             if attempt == OPEN_ATTEMPTS:
                 raise StoreError(f"cannot open {location.describe()}: {error}") from error
-            time.sleep(OPEN_RETRY_SECONDS * attempt)
         except PersistenceError as error:
             raise StoreError(f"cannot open {location.describe()}: {error}") from error
-    raise AssertionError  # pragma: no cover - the loop returns or raises
+        time.sleep(OPEN_RETRY_SECONDS * attempt)
+        attempt += 1
 
 
 def _first(row: object) -> int | str:

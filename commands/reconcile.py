@@ -38,7 +38,7 @@ from commands.shared import (
 from ledger import settlement
 from ledger.engine import Engine
 from ledger.errors import InvalidValue
-from ledger.intent import Intent, IntentStatus, OpenRequest
+from ledger.intent import Intent, IntentKind, IntentStatus, OpenRequest
 from ledger.ports import Accepted
 from ledger.reconciliation import Trigger
 from ledger.writer import UnitOfWork
@@ -191,7 +191,7 @@ def resolve(
 
     async def once() -> None:
         async with open_engine(store=store, broker=broker) as engine:
-            await _resolve(engine, target, Outcome(outcome), actor, reason, broker_ref)
+            await _resolve(engine, target, outcome, actor, reason, broker_ref)
 
     anyio.run(once)
     typer.echo(f"intent {target} {outcome} by {actor}")
@@ -213,7 +213,7 @@ async def _resolve(
     accepted = None
     if outcome is Outcome.COMPLETED and broker_ref is not None:
         fills = tuple(f for f in await engine.broker.fills() if f.order_ref == broker_ref)
-        if not fills and intent.kind.value != "POSITION_UPDATE":
+        if not fills and intent.kind is not IntentKind.POSITION_UPDATE:
             raise InvalidValue("broker-ref", f"the broker shows no fill of order {broker_ref}")
         accepted = Accepted(broker_ref=broker_ref, fills=fills)
     now = engine.clock()

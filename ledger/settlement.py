@@ -130,7 +130,8 @@ def resolve_by_operator(
             raise InvalidValue("outcome", "completing an intent needs the broker's order")
         _carry_out(unit, intent, account, accepted, now, instrument_of)
         broker_ref = accepted.broker_ref
-    _release(account, intent, now)
+    else:
+        _release(account, intent, now)
     intent.resolve_by_operator(
         outcome, actor=actor, reason=reason, recorded_at=now, broker_ref=broker_ref
     )

@@ -16,6 +16,8 @@ from decimal import Decimal
 from typing import TypeVar
 from uuid import UUID, uuid4
 
+import msgspec
+
 from ledger.account import Account
 from ledger.aggregate import Aggregate
 from ledger.engine import Engine
@@ -103,25 +105,12 @@ class Pass:
             self.unrecorded[account] = self.unrecorded.get(account, Decimal(0)) + effect
 
     def found(self, finding: Finding, account: str, subject: object, detail: str) -> Item:
-        item = Item(
-            finding=finding,
-            account=account,
-            subject=str(subject),
-            detail=detail,
-            applied=False,
-        )
+        item = Item(finding=finding, account=account, subject=str(subject), detail=detail)
         self.items.append(item)
         return item
 
     def mark_applied(self, item: Item) -> None:
-        index = self.items.index(item)
-        self.items[index] = Item(
-            finding=item.finding,
-            account=item.account,
-            subject=item.subject,
-            detail=item.detail,
-            applied=True,
-        )
+        self.items[self.items.index(item)] = msgspec.structs.replace(item, applied=True)
 
     async def write(self, command: Callable[[UnitOfWork], T]) -> T:
         """Run `command` in the writer, every event it triggers tagged with this pass's id."""
@@ -132,6 +121,20 @@ class Pass:
         return await self.engine.writer.execute(
             lambda unit: copy.deepcopy(unit.get(aggregate_class, aggregate_id))
         )
+
+    async def read_all(self, aggregate_class: type[A], listed: Callable[[], list[UUID]]) -> list[A]:
+        """Copies of every aggregate `listed` names, read in one writer command."""
+
+        def read(unit: UnitOfWork) -> list[A]:
+            found = (unit.get(aggregate_class, aggregate_id) for aggregate_id in listed())
+            return [copy.deepcopy(aggregate) for aggregate in found if aggregate is not None]
+
+        return await self.engine.writer.execute(read)
+
+    async def open_positions(self) -> list[Position]:
+        """Every open position, as committed."""
+        positions = await self.read_all(Position, self.engine.store.open_positions)
+        return [held for held in positions if held.is_open]
 
     async def account_name(self, account_id: UUID) -> str:
         if account_id not in self.names:

@@ -40,11 +40,9 @@ async def reconcile_positions(run: Pass, intents: list[Intent]) -> None:
         and intent.id not in run.settled
     }
     pending = {intent.id for intent in intents} | run.engine.in_flight
-    open_ids = await run.engine.writer.execute(lambda _: run.engine.store.open_positions())
     held_refs: set[str] = set()
-    for position_id in open_ids:
-        held = await run.read(Position, position_id)
-        if held is None or held.broker_ref is None:
+    for held in await run.open_positions():
+        if held.broker_ref is None:
             continue
         held_refs.add(held.broker_ref)
         if held.id not in busy:

@@ -1,10 +1,11 @@
 """A reconciliation pass from start to end, and startup recovery built on it.
 
-Order matters: the broker is read first (positions, then working orders,
-then fills, so a position that closes meanwhile still has its closing
-fill in what was read); intents are resolved next, since their fills
-belong to them; then positions and balances are compared; the report is
-recorded last, so it describes everything the pass did.
+Order matters: the unfinished intents are listed first; then the broker
+is read (positions, then working orders, then fills, so a position that
+closes meanwhile still has its closing fill in what was read); intents are
+resolved next, since their fills belong to them; then positions and
+balances are compared; the report is recorded last, so it describes
+everything the pass did.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import msgspec
 
 from ledger.engine import Engine
 from ledger.intent import Intent, IntentStatus
-from ledger.position import Position
 from ledger.reconciliation import ATTENTION, Finding, Item, ReconciliationLog, Trigger
 from ledger.reconciliation import RECONCILIATION_LOG_ID as LOG_ID
 from ledger.writer import UnitOfWork
@@ -70,10 +70,11 @@ async def reconcile(
         broker_time=await engine.broker.server_time(),
         first_seen={} if first_seen is None else first_seen,
     )
-    await _read_broker(run)
+    intents = await _unfinished(run)
+    await _read_broker(run, intents)
     progress("resolving unfinished intents")
     startup = trigger is not Trigger.PERIODIC
-    waiting = await _resolve_intents(run, last_chance=startup and not run.lag)
+    waiting = await _resolve_intents(run, intents, last_chance=startup and not run.lag)
     if waiting and startup:
         # The venue may not show these yet: let its clock pass the lag, then
         # ask once more; whatever it still cannot tell needs an operator.
@@ -82,8 +83,8 @@ async def reconcile(
             await engine.broker.wait_until(run.broker_time + run.lag)
         run.broker_time = await engine.broker.server_time()
         run.items = [item for item in run.items if item.finding is not Finding.INTENT_WAITING]
-        await _read_broker(run)
-        await _resolve_intents(run, last_chance=True, only=waiting)
+        await _read_broker(run, intents)
+        await _resolve_intents(run, waiting, last_chance=True)
     intents = await _unfinished(run)
     await refresh_frozen(run, intents)
     progress("comparing positions")
@@ -112,23 +113,22 @@ async def recover_at_startup(
     )
 
 
-async def _read_broker(run: Pass) -> None:
+async def _read_broker(run: Pass, intents: list[Intent]) -> None:
     broker = run.engine.broker
     run.positions = await broker.positions()
     run.orders = await broker.open_orders()
-    run.fills = await broker.fills(since=await _fills_since(run))
+    run.fills = await broker.fills(since=await _fills_since(run, intents))
 
 
-async def _fills_since(run: Pass) -> datetime | None:
+async def _fills_since(run: Pass, intents: list[Intent]) -> datetime | None:
     """From just before the oldest open position (ours or the broker's) or unfinished intent."""
     # The broker's own positions count too: one to adopt is rebuilt from its fills.
     moments: list[datetime] = [position.opened_at for position in run.positions]
-    for position_id in await run.engine.writer.execute(lambda _: run.engine.store.open_positions()):
-        held = await run.read(Position, position_id)
-        if held is None or held.opened_at is None:
+    for held in await run.open_positions():
+        if held.opened_at is None:
             return None
         moments.append(held.opened_at)
-    for intent in await _unfinished(run):
+    for intent in intents:
         if intent.broker_time is None:
             return None
         moments.append(intent.broker_time)
@@ -136,20 +136,16 @@ async def _fills_since(run: Pass) -> datetime | None:
 
 
 async def _unfinished(run: Pass) -> list[Intent]:
-    ids = await run.engine.writer.execute(lambda _: run.engine.store.unfinished_intents())
-    intents = [await run.read(Intent, intent_id) for intent_id in ids]
-    # Each is read after the list was: one may have finished in between.
-    return [intent for intent in intents if intent is not None and not intent.is_terminal]
+    intents = await run.read_all(Intent, run.engine.store.unfinished_intents)
+    # Listed from the database, read through the writer's cache, which may
+    # be ahead of it within a batch: one may have finished meanwhile.
+    return [intent for intent in intents if not intent.is_terminal]
 
 
-async def _resolve_intents(
-    run: Pass, *, last_chance: bool, only: list[UUID] | None = None
-) -> list[UUID]:
-    """Decide every unfinished intent; return those still waiting for evidence."""
-    waiting: list[UUID] = []
-    for intent in await _unfinished(run):
-        if only is not None and intent.id not in only:
-            continue
+async def _resolve_intents(run: Pass, intents: list[Intent], *, last_chance: bool) -> list[Intent]:
+    """Decide each unfinished intent; return those still waiting for evidence."""
+    waiting: list[Intent] = []
+    for intent in intents:
         if intent.status is IntentStatus.NEEDS_REVIEW:
             account = await run.account_name(intent.account_id)
             reason = intent.review_reason or "under review"
@@ -158,7 +154,7 @@ async def _resolve_intents(
         if intent.id in run.engine.in_flight:
             continue  # this engine is sending it now: its answer decides it
         if await resolve(run, intent, last_chance=last_chance):
-            waiting.append(intent.id)
+            waiting.append(intent)
     return waiting
 
 

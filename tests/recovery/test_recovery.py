@@ -55,6 +55,7 @@ from ledger.reconciliation import Finding, Item, Trigger
 from ledger.writer import UnitOfWork
 from recovery.context import Apply
 from recovery.recover import Report, reconcile, recover_at_startup
+from tests.agreement import assert_agrees
 
 T = TypeVar("T")
 
@@ -277,26 +278,12 @@ async def assert_frozen_where_reviewing(engine: Engine) -> list[Intent]:
 async def assert_ledger_matches_broker(venue: Venue) -> None:
     """Same open positions and levels, same balances, nothing in flight, no client id twice."""
     with venue.store() as store, venue.broker() as broker:
-        held = [store.get(Position, p) for p in store.open_positions()]
-        ledger_positions = {
-            p.broker_ref: (p.instrument.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in held
-            if p is not None
-        }
-        broker_positions = {
-            p.broker_ref: (p.symbol, p.side, p.quantity, p.stop_loss, p.take_profit)
-            for p in await broker.positions()
-        }
-        assert ledger_positions == broker_positions
+        assert_agrees(store, await broker.positions())
         balances = {balance.account: balance.balance for balance in await broker.account()}
         for account_id in store.accounts():
             account = store.get(Account, account_id)
             assert account is not None
             assert account.total == balances[account.name], account.name
-        for intent_id in store.unfinished_intents():
-            intent = store.get(Intent, intent_id)
-            assert intent is not None
-            assert intent.status is IntentStatus.NEEDS_REVIEW
         client_ids = [o.client_id for o in await broker.all_orders() if o.client_id is not None]
         assert [c for c, n in Counter(client_ids).items() if n > 1] == []
 
