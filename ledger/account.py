@@ -15,7 +15,7 @@ a history that was edited to look solvent.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import ClassVar, Self
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -127,6 +127,23 @@ class Held(msgspec.Struct, frozen=True, kw_only=True):
     amount: Money
 
 
+class DayUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """What an account did on one UTC day, as its risk limits count it (see `ledger.limits`).
+
+    The same counts as the daily risk view's, kept on the account itself
+    so that the engine checks limits against state exact at its commit,
+    not a view that may lag behind.
+    """
+
+    day: date
+    opened: int
+    """Positions opened (or adopted) that day."""
+    net_pnl: Money
+    """P&L realised that day, less that day's fees."""
+    start_total: Money
+    """The total before the day's first event."""
+
+
 class AccountSnapshot(Event, frozen=True, kw_only=True):
     """The whole state of an account at a version, so loading skips older events."""
 
@@ -136,6 +153,7 @@ class AccountSnapshot(Event, frozen=True, kw_only=True):
     total: Money
     reservations: list[Held]
     commitments: list[Held]
+    today: DayUsage | None = None
 
     @classmethod
     def take(cls, account: Account) -> AccountSnapshot:
@@ -149,6 +167,7 @@ class AccountSnapshot(Event, frozen=True, kw_only=True):
             total=account.total,
             reservations=[Held(key=k, amount=v) for k, v in account.reservations.items()],
             commitments=[Held(key=k, amount=v) for k, v in account.commitments.items()],
+            today=account.today,
         )
 
 
@@ -177,6 +196,8 @@ class Account(Aggregate):
     reservations: dict[UUID, Money]
     commitments: dict[UUID, Money]
     modified_at: datetime
+    today: DayUsage | None
+    """The day of the account's last event that counts for risk limits, None before any."""
 
     @classmethod
     def open(cls, name: str, currency_code: str, *, recorded_at: datetime) -> Self:
@@ -196,6 +217,14 @@ class Account(Aggregate):
     @property
     def available(self) -> Money:
         return self.total - self.reserved - self.committed
+
+    def usage_on(self, day: date) -> DayUsage:
+        """What counts against the daily limits on `day` (nothing yet, for a new day)."""
+        if self.today is not None and self.today.day == day:
+            return self.today
+        return DayUsage(
+            day=day, opened=0, net_pnl=Money.zero(self.currency), start_total=self.total
+        )
 
     # Commands -----------------------------------------------------------------
 
@@ -347,6 +376,7 @@ class Account(Aggregate):
 
     def _apply(self, event: Event) -> None:
         self.modified_at = event.recorded_at
+        self._count_today(event)
         match event:
             case AccountOpened():
                 self.name = event.name
@@ -354,12 +384,14 @@ class Account(Aggregate):
                 self.total = Money.zero(event.currency)
                 self.reservations = {}
                 self.commitments = {}
+                self.today = None
             case AccountSnapshot():
                 self.name = event.name
                 self.currency = event.currency
                 self.total = event.total
                 self.reservations = {held.key: held.amount for held in event.reservations}
                 self.commitments = {held.key: held.amount for held in event.commitments}
+                self.today = event.today
             case Deposited():
                 self.total += event.amount
             case Withdrawn() | FeeCharged():
@@ -377,6 +409,22 @@ class Account(Aggregate):
                 self._add_commitment(event.position_id, -event.released)
             case _:
                 raise IllegalTransition(f"an account cannot apply {type(event).__name__}")
+
+    def _count_today(self, event: Event) -> None:
+        """Count `event` (before it is applied) in the usage of its day."""
+        if isinstance(event, AccountOpened | AccountSnapshot):
+            return  # they set the day's usage, if any, themselves
+        usage = self.usage_on(event.recorded_at.astimezone(UTC).date())
+        match event:
+            case FundsSettled() | FundsCommitted() if event.position_id not in self.commitments:
+                usage = msgspec.structs.replace(usage, opened=usage.opened + 1)
+            case PnlRealised():
+                usage = msgspec.structs.replace(usage, net_pnl=usage.net_pnl + event.amount)
+            case FeeCharged():
+                usage = msgspec.structs.replace(usage, net_pnl=usage.net_pnl - event.amount)
+            case _:
+                pass
+        self.today = usage
 
     def _add_commitment(self, position_id: UUID, amount: Money) -> None:
         remaining = self.commitments.get(position_id, Money.zero(self.currency)) + amount

@@ -75,6 +75,15 @@ class Frozen(LedgerError):  # noqa: N818
         )
 
 
+class Refused(LedgerError):  # noqa: N818
+    """Raised when a risk control (a limit, kill switch, circuit breaker) refuses an operation."""
+
+    def __init__(self, control: str, detail: str) -> None:
+        self.control = control
+        self.detail = detail
+        super().__init__(f"refused by {control}: {detail}")
+
+
 class OutcomeUnknown(LedgerError):  # noqa: N818
     """Raised when the broker's answer was lost: the intent stays in flight for recovery."""
 

@@ -115,13 +115,24 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
         Rounded half-even to the currency's places; a stake's loss is capped
         at the stake, which is all a multiplier contract can lose.
         """
+        amount = self._pnl(side, quantity, entry, exit_price)
+        return Money.rounded(amount, self.quote_currency, decimal.ROUND_HALF_EVEN)
+
+    def loss_at(self, side: Side, quantity: Quantity, entry: Price, exit_price: Price) -> Money:
+        """What closing at `exit_price` would lose (zero for a gain), rounded up, never down.
+
+        For risk limits: a loss rounded down could let a trade risk a
+        fraction of a cent more than its cap.
+        """
+        amount = max(-self._pnl(side, quantity, entry, exit_price), Decimal(0))
+        return Money.rounded(amount, self.quote_currency, decimal.ROUND_UP)
+
+    def _pnl(self, side: Side, quantity: Quantity, entry: Price, exit_price: Price) -> Decimal:
         move = (exit_price - entry) * side.sign
         if self.funding is Funding.STAKE:
             stake = quantity * self.contract_size
-            amount = max(stake * self.leverage * move / entry, -stake)
-        else:
-            amount = move * quantity * self.contract_size
-        return Money.rounded(amount, self.quote_currency, decimal.ROUND_HALF_EVEN)
+            return max(stake * self.leverage * move / entry, -stake)
+        return move * quantity * self.contract_size
 
 
 def _exponent(step: Decimal) -> int:

@@ -38,6 +38,8 @@ class ClientIdScope(enum.StrEnum):
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     """What a broker can do, so recovery knows which evidence it can trust."""
 
+    venue: str
+    """The venue's name: what the circuit breaker in front of it is known by."""
     lookup_by_client_id: bool
     client_id_scope: ClientIdScope
     client_id_length_max: int
@@ -172,6 +174,9 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
     bid: Decimal
     ask: Decimal
     time: datetime
+    """When the venue priced it, on the venue's clock."""
+    market_open: bool = True
+    """False while the market is closed: the quote is the last one, not a price to trade at."""
 
 
 class CandidateHint(msgspec.Struct, frozen=True, kw_only=True):

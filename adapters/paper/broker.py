@@ -52,6 +52,7 @@ class PaperBroker:
         self._book = PaperBook(settings, start_session=start_session)
         self._limiter = anyio.CapacityLimiter(1)
         self.capabilities = Capabilities(
+            venue="paper",
             lookup_by_client_id=settings.scope is not ClientIdScope.NONE,
             client_id_scope=settings.scope,
             client_id_length_max=CLIENT_ID_LENGTH_MAX,

@@ -18,6 +18,8 @@ from ledger.instruments import Funding, Instrument
 # The broker's clock starts here and moves one STEP per price step.
 EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 STEP = timedelta(seconds=1)
+STALE_QUOTE_AGE = timedelta(minutes=10)
+"""How old a stale quote (a fault) is."""
 
 
 @dataclass(frozen=True)

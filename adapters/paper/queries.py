@@ -8,6 +8,7 @@ from adapters.paper.schema import (
     order_from_row,
     position_from_row,
 )
+from adapters.paper.settings import Fault
 from adapters.paper.tables import Tables
 from ledger.errors import InvalidValue
 from ledger.ports import (
@@ -100,7 +101,17 @@ class Queries(Tables):
         if instrument is None:
             raise InvalidValue("symbol", f"{symbol!r} is not traded here")
         bid, ask = self._bid_ask(instrument)
-        return Quote(symbol=symbol, bid=bid, ask=ask, time=market.clock(self.step))
+        key = f"{symbol}/{self.step}"
+        priced = market.clock(self.step)
+        if self._happens(Fault.STALE_QUOTE, key):
+            priced -= market.STALE_QUOTE_AGE
+        return Quote(
+            symbol=symbol,
+            bid=bid,
+            ask=ask,
+            time=priced,
+            market_open=not self._happens(Fault.MARKET_CLOSED, key),
+        )
 
     def dump(self) -> dict[str, list[dict[str, object]]]:
         """Every table's rows in key order: equal dumps mean equal broker states."""

@@ -58,6 +58,10 @@ class Fault(enum.StrEnum):
     """When the broker is opened again, a position has been opened by someone else."""
     MANUAL_CLOSE = "manual_close"
     """When the broker is opened again, a position has been closed by hand."""
+    STALE_QUOTE = "stale_quote"
+    """A quote is the one from STALE_QUOTE_AGE ago: the price feed stalled."""
+    MARKET_CLOSED = "market_closed"
+    """A quote says the market is closed."""
 
 
 @dataclass(frozen=True)

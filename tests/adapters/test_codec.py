@@ -47,7 +47,15 @@ def test_stored_names_do_not_depend_on_the_module_path():
     for cls in EVENT_TYPES:
         assert cls.__module__ not in MAPPER.event_types.topic(cls)
         assert "." in cls.stored_name
-        assert cls.stored_name.split(".")[0] in {"account", "position", "intent", "reconciliation"}
+        assert cls.stored_name.split(".")[0] in {
+            "account",
+            "position",
+            "intent",
+            "reconciliation",
+            "controls",
+            "refusal",
+            "breaker",
+        }
 
 
 def test_stored_events_are_compact_messagepack():

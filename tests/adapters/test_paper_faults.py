@@ -459,6 +459,29 @@ async def test_external_order_opens_a_position_that_is_not_ours(tmp_path):
         assert order_of_theirs.status is OrderStatus.FILLED
 
 
+# Quote faults ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stale_quote_is_priced_long_before_the_server_time(tmp_path):
+    with await funded(broker_url(tmp_path, "stale_quote:1")) as broker:
+        quote = await broker.quote("BTCUSD")
+        assert await broker.server_time() - quote.time == market.STALE_QUOTE_AGE
+        assert quote.market_open
+    (tmp_path / "fresh").mkdir()
+    with await funded(broker_url(tmp_path / "fresh")) as broker:
+        quote = await broker.quote("BTCUSD")
+        assert quote.time == await broker.server_time()
+
+
+@pytest.mark.anyio
+async def test_market_closed_says_so_in_the_quote(tmp_path):
+    with await funded(broker_url(tmp_path, "market_closed:1")) as broker:
+        quote = await broker.quote("BTCUSD")
+        assert not quote.market_open
+        assert quote.time == await broker.server_time()
+
+
 FAULT_TESTS: dict[Fault, Callable[..., Coroutine[Any, Any, None]]] = {
     Fault.TIMEOUT_BEFORE_ACCEPT: test_timeout_before_accept_is_unknown_and_nothing_happened,
     Fault.TIMEOUT_AFTER_ACCEPT: test_timeout_after_accept_is_unknown_but_the_order_was_filled,
@@ -471,6 +494,8 @@ FAULT_TESTS: dict[Fault, Callable[..., Coroutine[Any, Any, None]]] = {
     Fault.STOP_HIT_WHILE_DOWN: test_stop_hit_while_down_closes_a_protected_position_at_its_stop,
     Fault.MANUAL_CLOSE: test_manual_close_closes_a_position_by_hand_while_down,
     Fault.EXTERNAL_ORDER: test_external_order_opens_a_position_that_is_not_ours,
+    Fault.STALE_QUOTE: test_stale_quote_is_priced_long_before_the_server_time,
+    Fault.MARKET_CLOSED: test_market_closed_says_so_in_the_quote,
 }
 
 

@@ -1,0 +1,146 @@
+"""Per-account risk limits, and the check an open must pass against them.
+
+Limits are values an operator sets (`ledger limits set`); `Exposure` is
+what the account already uses today, counted at its worst case: every
+intent still in flight is taken to fill, and an open at risk of its whole
+stop-loss distance (or, without a stop, of everything it reserved). An
+open is allowed only if, with it, every limit still holds; so no sequence
+of accepted opens can end with a limit exceeded, whatever the broker
+answers later.
+"""
+
+from __future__ import annotations
+
+import decimal
+import enum
+from decimal import Decimal
+
+import msgspec
+
+from ledger.errors import InvalidValue, Refused
+from ledger.money import Money, parse_decimal
+
+COUNT_MAX = 1_000_000
+PERCENT_PLACES = 4
+STOP_LOSS_MARGIN_DEFAULT = Decimal(95)
+"""Percent of the per-trade risk a stop-loss may put at stake: a safety margin for slippage."""
+
+
+class Control(enum.StrEnum):
+    """Every control that can refuse an operation, by the name it is reported under."""
+
+    KILL_SWITCH = "kill_switch"
+    MAX_TRADES_PER_DAY = "max_trades_per_day"
+    MAX_DAILY_LOSS = "max_daily_loss"
+    MAX_DAILY_LOSS_PCT = "max_daily_loss_pct"
+    MAX_OPEN_POSITIONS = "max_open_positions"
+    MAX_POSITION_NOTIONAL = "max_position_notional"
+    RISK_PER_TRADE = "risk_per_trade_pct"
+    STOP_LOSS_REQUIRED = "stop_loss_required"
+    STOP_LOSS_SIDE = "stop_loss_side"
+    CIRCUIT_BREAKER = "circuit_breaker"
+    STALE_QUOTE = "stale_quote"
+    MARKET_CLOSED = "market_closed"
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An account's limits; None: no limit of that kind."""
+
+    max_trades_per_day: int | None = None
+    max_daily_loss: Money | None = None
+    max_daily_loss_pct: Decimal | None = None
+    """Percent of the total the account started the day with."""
+    max_open_positions: int | None = None
+    max_position_notional: Money | None = None
+    risk_per_trade_pct: Decimal | None = None
+    """Percent of the account's total one stop-loss may put at stake."""
+    require_stop_loss: bool = False
+    stop_loss_margin_pct: Decimal = STOP_LOSS_MARGIN_DEFAULT
+
+    def risk_cap(self, total: Money) -> Money | None:
+        """The most one open's stop-loss may lose, or None without a per-trade limit."""
+        if self.risk_per_trade_pct is None:
+            return None
+        share = self.risk_per_trade_pct * self.stop_loss_margin_pct / Decimal(10_000)
+        # Rounded down: a cap a cent too high would let a trade risk more than allowed.
+        return Money.rounded(total.amount * share, total.currency, decimal.ROUND_DOWN)
+
+
+def count(value: object, field: str) -> int:
+    """A limit that counts: a whole number in 0..COUNT_MAX."""
+    number = parse_decimal(value, field=field, places=0)
+    if not 0 <= number <= COUNT_MAX:
+        raise InvalidValue(field, f"{number} is outside 0..{COUNT_MAX}")
+    return int(number)
+
+
+def percent(value: object, field: str) -> Decimal:
+    """A limit in percent: more than 0, at most 100, at most PERCENT_PLACES places."""
+    number = parse_decimal(value, field=field, places=PERCENT_PLACES).normalize()
+    if not 0 < number <= 100:
+        raise InvalidValue(field, f"{number} is outside (0, 100]")
+    return number
+
+
+class Exposure(msgspec.Struct, frozen=True, kw_only=True):
+    """What an account uses of its limits now, intents in flight counted at their worst case."""
+
+    trades_today: int
+    open_positions: int
+    loss_today: Money
+    """Realised losses and fees today, net of realised gains; never below zero."""
+    at_risk: Money
+    """What the opens in flight could still lose."""
+    start_total: Money
+    """The account's total before today's first event."""
+
+
+class Trade(msgspec.Struct, frozen=True, kw_only=True):
+    """What a new open would add."""
+
+    notional: Money
+    at_risk: Money
+
+
+def check_open(limits: Limits, exposure: Exposure, trade: Trade) -> None:
+    """Refuse (`Refused`, naming the control) an open that would break a limit."""
+    if limits.max_trades_per_day is not None and exposure.trades_today >= limits.max_trades_per_day:
+        raise Refused(
+            Control.MAX_TRADES_PER_DAY,
+            f"{exposure.trades_today} trades today or in flight, limit {limits.max_trades_per_day}",
+        )
+    if limits.max_open_positions is not None and (
+        exposure.open_positions >= limits.max_open_positions
+    ):
+        raise Refused(
+            Control.MAX_OPEN_POSITIONS,
+            f"{exposure.open_positions} positions open or in flight, "
+            f"limit {limits.max_open_positions}",
+        )
+    if limits.max_position_notional is not None and trade.notional > limits.max_position_notional:
+        raise Refused(
+            Control.MAX_POSITION_NOTIONAL,
+            f"notional {trade.notional} is above the limit {limits.max_position_notional}",
+        )
+    worst = exposure.loss_today + exposure.at_risk + trade.at_risk
+    if limits.max_daily_loss is not None and worst > limits.max_daily_loss:
+        raise Refused(Control.MAX_DAILY_LOSS, _loss_detail(exposure, trade, limits.max_daily_loss))
+    if limits.max_daily_loss_pct is not None:
+        cap = Money.rounded(
+            exposure.start_total.amount * limits.max_daily_loss_pct / 100,
+            exposure.start_total.currency,
+            decimal.ROUND_DOWN,
+        )
+        if worst > cap:
+            raise Refused(
+                Control.MAX_DAILY_LOSS_PCT,
+                _loss_detail(exposure, trade, cap) + f" ({limits.max_daily_loss_pct}% of the day's "
+                f"starting {exposure.start_total})",
+            )
+
+
+def _loss_detail(exposure: Exposure, trade: Trade, cap: Money) -> str:
+    return (
+        f"lost {exposure.loss_today} today, {exposure.at_risk} at risk in flight, "
+        f"{trade.at_risk} at risk in this open: more than the limit {cap}"
+    )

@@ -1,0 +1,70 @@
+"""The stop-loss fail-safe: where a stop may lie, and how much it may put at stake.
+
+- A stop lies on the protective side of the market: below the bid for a
+  long (which sells at the bid), above the ask for a short. A stop on the
+  other side would fire at once, or never protect.
+- What the stop would lose, from the entry price, exactly, with the
+  instrument's contract size, rounded up to the currency, must stay
+  within the account's per-trade risk (times its safety margin).
+- Moving a stop closer to the market (tightening) is always allowed;
+  moving it away (widening), or removing it, is checked again against
+  the cap, and removing it is refused where stops are required.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from ledger.errors import Refused
+from ledger.instruments import Instrument, Price, Quantity, Side
+from ledger.limits import Control, Limits
+from ledger.money import Money
+from ledger.ports import Quote
+
+
+def check_side(side: Side, stop: Decimal, quote: Quote) -> None:
+    """Refuse a stop that is not on the protective side of the market."""
+    if side is Side.LONG and stop >= quote.bid:
+        raise Refused(
+            Control.STOP_LOSS_SIDE, f"a long's stop-loss {stop} must be below the bid {quote.bid}"
+        )
+    if side is Side.SHORT and stop <= quote.ask:
+        raise Refused(
+            Control.STOP_LOSS_SIDE, f"a short's stop-loss {stop} must be above the ask {quote.ask}"
+        )
+
+
+def widens(side: Side, old: Decimal | None, new: Decimal | None) -> bool:
+    """Whether moving the stop from `old` to `new` puts more at stake."""
+    if new is None:
+        return old is not None
+    if old is None:
+        return False  # from no stop at all, any stop protects more
+    return new < old if side is Side.LONG else new > old
+
+
+def check_risk(
+    instrument: Instrument,
+    side: Side,
+    quantity: Quantity,
+    entry: Price,
+    stop: Decimal | None,
+    *,
+    limits: Limits,
+    total: Money,
+) -> None:
+    """Refuse a stop (or its absence) that puts more at stake than the per-trade cap."""
+    if stop is None:
+        if limits.require_stop_loss:
+            raise Refused(Control.STOP_LOSS_REQUIRED, "this account requires a stop-loss")
+        return
+    cap = limits.risk_cap(total)
+    if cap is None:
+        return
+    loss = instrument.loss_at(side, quantity, entry, Price(stop))
+    if loss > cap:
+        raise Refused(
+            Control.RISK_PER_TRADE,
+            f"the stop-loss {stop} would lose {loss}, more than {cap} "
+            f"({limits.stop_loss_margin_pct}% of {limits.risk_per_trade_pct}% of {total})",
+        )
