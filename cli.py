@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from adapters.store import DEFAULT_STORE_URL
-from commands import operations, reconcile, run, views
+from commands import controls, history, operations, reconcile, run, status, views
 from commands.broker import broker_app
 from commands.shared import JsonOption, StoreOption, errors_as_exit_codes, open_store, print_json
 from commands.wal import wal_app
@@ -28,8 +28,11 @@ app = typer.Typer(
 app.add_typer(broker_app, name="broker")
 app.add_typer(wal_app, name="wal")
 operations.register(app)
+controls.register(app)
+app.command("status")(status.status)
 views.register(app)
 reconcile.register(app, wal_app)
+history.register(app, wal_app)
 app.command("run")(run.run)
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import getpass
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from commands.shared import (
     errors_as_exit_codes,
     open_broker,
     open_store,
+    operator_name,
     print_json,
     show,
 )
@@ -187,7 +186,7 @@ def resolve(
         raise InvalidValue("reason", "say why")
     if outcome is Outcome.COMPLETED and broker_ref is None:
         raise InvalidValue("broker-ref", "a completed resolution names the broker's order")
-    actor = os.environ.get("LEDGER_OPERATOR") or getpass.getuser()
+    actor = operator_name()
 
     async def once() -> None:
         async with open_engine(store=store, broker=broker) as engine:

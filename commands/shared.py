@@ -15,6 +15,8 @@ Every error a user can cause ends as one line on stderr and an exit code:
 from __future__ import annotations
 
 import functools
+import getpass
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +103,11 @@ def open_store(url: str) -> Iterator[Store]:
         fail(str(error), EXIT_UNAVAILABLE)
     with store:
         yield store
+
+
+def operator_name() -> str:
+    """Who is at the terminal, as recorded on the events an operator's command writes."""
+    return os.environ.get("LEDGER_OPERATOR") or getpass.getuser()
 
 
 def print_json(value: object) -> None:

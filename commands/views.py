@@ -170,13 +170,14 @@ class EventsPerSecond(ProgressColumn):
 
 
 @contextmanager
-def progress_bar() -> Iterator[ProgressCallback | None]:
+def progress_bar(label: str = "rebuilding") -> Iterator[ProgressCallback | None]:
     """A progress bar on stderr when it is a terminal; nothing when it is not."""
     if not sys.stderr.isatty():
         yield None
         return
-    columns = (TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), EventsPerSecond())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), EventsPerSecond())
+    # What the command prints meanwhile stays on its stdout, which may be a file.
+    with Progress(*columns, console=Console(stderr=True), redirect_stdout=False) as bar:
         task = bar.add_task("rebuild", total=None)
 
         def update(done: int, total: int) -> None:

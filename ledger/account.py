@@ -140,8 +140,6 @@ class DayUsage(msgspec.Struct, frozen=True, kw_only=True):
     """Positions opened (or adopted) that day."""
     net_pnl: Money
     """P&L realised that day, less that day's fees."""
-    start_total: Money
-    """The total before the day's first event."""
 
 
 class AccountSnapshot(Event, frozen=True, kw_only=True):
@@ -222,9 +220,7 @@ class Account(Aggregate):
         """What counts against the daily limits on `day` (nothing yet, for a new day)."""
         if self.today is not None and self.today.day == day:
             return self.today
-        return DayUsage(
-            day=day, opened=0, net_pnl=Money.zero(self.currency), start_total=self.total
-        )
+        return DayUsage(day=day, opened=0, net_pnl=Money.zero(self.currency))
 
     # Commands -----------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """The circuit breaker in front of a broker's writes.
 
-After `failures_max` writes in a row whose outcome was unknown (a
-timeout, an UNKNOWN answer), the breaker opens: new writes are refused
+After `failures_max` writes in a row whose outcome stayed unknown (a
+timeout or an UNKNOWN answer, and no order found by the reads that
+follow), the breaker opens: new writes are refused
 at once instead of piling more unknown outcomes onto a broker that is
 not answering. A read the broker answers (a probe, or a reconciliation
 pass) closes it again. Opening and closing are events, so an engine that
 restarts finds the breaker as it was left; the count of failures in a
-row is the running engine's own and starts again at zero.
+row is the running engine's own observation (see `Engine`), not state.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ BREAKER_EVENTS: tuple[type[Event], ...] = (BreakerOpened, BreakerClosed)
 
 
 class CircuitBreaker(Aggregate):
-    """Whether writes to one venue are refused; counts unknown outcomes in a row."""
+    """Whether writes to one venue are refused."""
 
     venue: str
     is_open: bool
@@ -59,32 +60,18 @@ class CircuitBreaker(Aggregate):
         breaker.is_open = False
         breaker.cause = None
         breaker.opened_at = None
-        breaker.failures = 0
         return breaker
 
-    # Not state from events: failures in a row are this process's observation.
-    failures: int
-
-    def succeeded(self) -> None:
-        """A write got a definite answer: the run of failures ends."""
-        self.failures = 0
-
-    def failed(self, cause: str, *, failures_max: int, recorded_at: datetime) -> None:
-        """A write's outcome is unknown; open once `failures_max` came in a row."""
-        self.failures += 1
-        if not self.is_open and self.failures >= failures_max:
-            self._trigger(
-                BreakerOpened,
-                recorded_at=recorded_at,
-                venue=self.venue,
-                failures=self.failures,
-                cause=cause,
-            )
+    def open(self, failures: int, cause: str, *, recorded_at: datetime) -> None:
+        if self.is_open:
+            raise IllegalTransition("the circuit breaker is already open")
+        self._trigger(
+            BreakerOpened, recorded_at=recorded_at, venue=self.venue, failures=failures, cause=cause
+        )
 
     def close(self, probe: str, *, recorded_at: datetime) -> None:
         if not self.is_open:
             raise IllegalTransition("the circuit breaker is not open")
-        self.failures = 0
         self._trigger(BreakerClosed, recorded_at=recorded_at, venue=self.venue, probe=probe)
 
     def _apply(self, event: Event) -> None:

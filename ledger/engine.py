@@ -21,23 +21,27 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Self, TypeVar
 from uuid import UUID, uuid4
 
 import anyio
+import anyio.to_thread
 
-from ledger import settlement
+from ledger import risk, settlement, stops
 from ledger.account import Account, account_id, validate_account_name
+from ledger.breaker import FAILURES_MAX_DEFAULT, CircuitBreaker, breaker_id
 from ledger.errors import (
     Frozen,
     IllegalTransition,
     InvalidValue,
+    LedgerError,
     NotFound,
     NotReady,
     OperationRejected,
     OutcomeUnknown,
+    Refused,
 )
 from ledger.instruments import Instrument, Price, Side
 from ledger.intent import (
@@ -50,6 +54,7 @@ from ledger.intent import (
     Payload,
     ProtectionChange,
 )
+from ledger.limits import Control
 from ledger.money import Money
 from ledger.ports import (
     Accepted,
@@ -60,12 +65,14 @@ from ledger.ports import (
     OrderAction,
     OrderRequest,
     ProtectionRequest,
+    Quote,
     Rejected,
     Unknown,
     WriteResult,
 )
 from ledger.position import Position, check_protection
-from ledger.settlement import OperationResult
+from ledger.refusals import Refusal
+from ledger.settlement import Closing, OperationResult
 from ledger.writer import UnitOfWork, Writer, tagged
 
 T = TypeVar("T")
@@ -76,6 +83,10 @@ RESERVATION_MARGIN = Decimal("0.01")
 BROKER_TIMEOUT_SECONDS = 10.0
 EVIDENCE_ATTEMPTS = 3
 EVIDENCE_INTERVAL_SECONDS = 0.2
+QUOTE_AGE_MAX = timedelta(seconds=30)
+"""An open priced from an older quote is refused: the market may have moved anywhere."""
+PROBE_INTERVAL = timedelta(seconds=5)
+"""How often an open circuit breaker lets a write try a read probe."""
 
 
 def utc_now() -> datetime:
@@ -93,12 +104,22 @@ class Engine:
         epoch: int,
         clock: Callable[[], datetime] = utc_now,
         broker_timeout: float = BROKER_TIMEOUT_SECONDS,
+        quote_age_max: timedelta = QUOTE_AGE_MAX,
+        breaker_failures_max: int = FAILURES_MAX_DEFAULT,
     ) -> None:
         self.store = store
         self.broker = broker
         self.epoch = epoch
         self.clock = clock
         self.broker_timeout = broker_timeout
+        self.quote_age_max = quote_age_max
+        self.breaker_failures_max = breaker_failures_max
+        self.breaker_id = breaker_id(broker.capabilities.venue)
+        self.breaker_open = False
+        """Mirrors the stored breaker (see `_breaker`), read without a trip through the writer."""
+        self._unknown_in_row = 0
+        """Writes in a row whose outcome stayed unknown (answer lost, no evidence found)."""
+        self._probed_at: datetime | None = None
         self.writer = Writer(store)
         self.ready = False
         """False until startup recovery is done: until then every operation is refused."""
@@ -131,6 +152,7 @@ class Engine:
                     engine = cls(store, broker, epoch=epoch, **options)  # type: ignore[arg-type]
                     await tasks.start(engine.writer.run)
                     try:
+                        engine.breaker_open = await engine.writer.execute(engine._breaker_is_open)
                         if startup is not None:
                             await startup(engine)
                         engine.ready = True
@@ -229,9 +251,14 @@ class Engine:
         stop = None if stop_loss is None else instrument.price(stop_loss, field="stop_loss")
         target = None if take_profit is None else instrument.price(take_profit, field="take_profit")
         check_protection(instrument, side, stop, target)
-        quote = await self._call(self.broker.quote(symbol))
-        estimate = (quote.ask if side is Side.LONG else quote.bid) * (1 + RESERVATION_MARGIN)
-        reservation = instrument.funds_required(size, Price(estimate))
+        refusing = self._refusals(account_id(account), "open", symbol)
+        async with refusing:
+            await self._check_breaker()
+            quote = await self._market(symbol)
+            if stop is not None:
+                stops.check_side(side, stop, quote)
+        entry = Price(quote.ask if side is Side.LONG else quote.bid)
+        reservation = instrument.funds_required(size, Price(entry * (1 + RESERVATION_MARGIN)))
         intent_id = uuid4()
         payload = OpenRequest(
             symbol=symbol, side=side, quantity=size, stop_loss=stop, take_profit=target
@@ -246,8 +273,20 @@ class Engine:
                     f"account {account} holds {ledger_account.currency}",
                 )
             self._check_not_frozen(ledger_account.id, symbol)
+            now = self.clock()
+            at_risk = risk.check_new_open(
+                unit,
+                ledger_account,
+                instrument,
+                side,
+                size,
+                entry,
+                stop,
+                reservation,
+                now.astimezone(UTC).date(),
+            )
             # The reservation first: it refuses (insufficient funds) before changing anything.
-            ledger_account.reserve(intent_id, reservation, recorded_at=self.clock())
+            ledger_account.reserve(intent_id, reservation, recorded_at=now)
             return self._submitted(
                 unit,
                 intent_id,
@@ -256,9 +295,11 @@ class Engine:
                 payload,
                 reservation,
                 broker_time=quote.time,
+                at_risk=at_risk,
             )
 
-        intent = await self._commit_1(intent_id, record)
+        async with refusing:
+            intent = await self._commit_1(intent_id, record)
         order = OrderRequest(
             client_id=intent.client_id,
             account=account,
@@ -273,8 +314,10 @@ class Engine:
         return await self._send(intent, self.broker.submit(order), order)
 
     async def close_position(self, position: UUID, quantity: object = None) -> OperationResult:
-        """Close all of a position, or `quantity` of it."""
+        """Close all of a position, or `quantity` of it (allowed under a kill switch)."""
         self._check_ready()
+        async with self._refusals(None, "close", str(position)):
+            await self._check_breaker()
         broker_time = await self._call(self.broker.server_time())
         intent_id = uuid4()
 
@@ -307,6 +350,46 @@ class Engine:
         intent, order = await self._commit_1(intent_id, record)
         return await self._send(intent, self.broker.submit(order), order)
 
+    async def flatten(self, account: UUID | None) -> list[Closing]:
+        """Close every open position of `account` (None: of every account), each by an intent.
+
+        What the kill switch's `--flatten` runs. Positions with a close
+        already in flight are left to it (its outcome may be unknown: a
+        second close could close twice). Every close is tried, whatever
+        the others do; each one's result or error is returned.
+        """
+        self._check_ready()
+        held, closing = await anyio.to_thread.run_sync(self._flatten_targets, account)
+        results: list[Closing] = []
+
+        async def close(position: UUID) -> None:
+            try:
+                result = await self.close_position(position)
+            except LedgerError as error:
+                results.append(Closing(position_id=position, error=str(error)))
+            else:
+                results.append(Closing(position_id=position, result=result))
+
+        async with anyio.create_task_group() as tasks:
+            for position in held:
+                if position not in closing:
+                    tasks.start_soon(close, position)
+        return results
+
+    def _flatten_targets(self, account: UUID | None) -> tuple[list[UUID], set[UUID]]:
+        """Open positions of `account`, and those a close intent in flight already names."""
+        held = []
+        for position_id in self.store.open_positions():
+            position = self.store.get(Position, position_id)
+            if position is not None and account in {None, position.account_id}:
+                held.append(position_id)
+        closing = set()
+        for intent_id in self.store.unfinished_intents():
+            intent = self.store.get(Intent, intent_id)
+            if intent is not None and isinstance(intent.payload, CloseRequest):
+                closing.add(intent.payload.position_id)
+        return held, closing
+
     async def change_stop_loss(self, position: UUID, price: object) -> OperationResult:
         self._check_ready()
         return await self._change_protection(position, price, stop_loss=True)
@@ -335,7 +418,12 @@ class Engine:
         plan_id: UUID | None = None,
     ) -> OperationResult:
         """Change one level (`stop_loss` True: stop, False: target) or resend both (None)."""
+        operation = {True: "set-sl", False: "set-tp", None: "restore-protection"}[stop_loss]
+        refusing = self._refusals(None, operation, str(position))
+        async with refusing:
+            await self._check_breaker()
         broker_time = await self._call(self.broker.server_time())
+        quote = await self._stop_quote(position, price) if stop_loss else None
         intent_id = uuid4()
 
         def record(unit: UnitOfWork) -> tuple[Intent, ProtectionRequest]:
@@ -348,6 +436,10 @@ class Engine:
                 level = None if price is None else held.instrument.price(price, field=field)
                 stop, target = (level, target) if stop_loss else (stop, level)
             check_protection(held.instrument, held.side, stop, target)
+            if stop_loss:
+                if stop is not None and quote is not None:
+                    stops.check_side(held.side, stop, quote)
+                risk.check_stop_change(unit, ledger_account, held, stop)
             intent = self._submitted(
                 unit,
                 intent_id,
@@ -369,8 +461,16 @@ class Engine:
             )
             return intent, request
 
-        intent, request = await self._commit_1(intent_id, tagged(record, plan_id))
+        async with refusing:
+            intent, request = await self._commit_1(intent_id, tagged(record, plan_id))
         return await self._send(intent, self.broker.amend_protection(request), None, plan_id)
+
+    async def _stop_quote(self, position: UUID, price: object) -> Quote | None:
+        """The market a new stop-loss must lie below (a long) or above (a short)."""
+        if price is None:
+            return None
+        held = await self.writer.execute(lambda unit: settlement.open_position(unit, position))
+        return await self._call(self.broker.quote(held.instrument.symbol))
 
     def _submitted(
         self,
@@ -382,6 +482,7 @@ class Engine:
         reservation: Money | None = None,
         *,
         broker_time: datetime | None = None,
+        at_risk: Money | None = None,
     ) -> Intent:
         """Commit 1's intent: recorded and marked submitted, as it goes to the broker next."""
         now = self.clock()
@@ -394,6 +495,7 @@ class Engine:
             recorded_at=now,
             reservation=reservation,
             broker_time=broker_time,
+            at_risk=at_risk,
         )
         intent.submit(recorded_at=now)
         unit.add(intent)
@@ -449,8 +551,10 @@ class Engine:
             if isinstance(result, Unknown):
                 found = await self._evidence(intent, order)
                 if found is None:
+                    await self._broker_failed(result.cause)
                     raise OutcomeUnknown(intent.id, result.cause)
                 result = found
+            self._unknown_in_row = 0  # an outcome known, from the answer or the evidence
             return await self._commit_2(intent, result, plan_id)
         finally:
             self.in_flight.discard(intent.id)
@@ -480,6 +584,105 @@ class Engine:
         )
         return settlement.complete(unit, intent_id, result, evidence, now, self.known_instrument)
 
+    # Guards before the broker is called -------------------------------------------------
+
+    async def _market(self, symbol: str) -> Quote:
+        """A quote to price an open from: refused if the market is closed or the quote stale."""
+        quote = await self._call(self.broker.quote(symbol))
+        if not quote.market_open:
+            raise Refused(Control.MARKET_CLOSED, f"the {symbol} market is closed")
+        now = await self._call(self.broker.server_time())
+        age = now - quote.time
+        if age > self.quote_age_max:
+            raise Refused(
+                Control.STALE_QUOTE,
+                f"the {symbol} quote is {age.total_seconds():.0f} s old "
+                f"(at most {self.quote_age_max.total_seconds():.0f} s)",
+            )
+        return quote
+
+    def _stored_breaker(self, unit: UnitOfWork) -> CircuitBreaker | None:
+        return unit.get(CircuitBreaker, self.breaker_id)
+
+    def _breaker_is_open(self, unit: UnitOfWork) -> bool:
+        breaker = self._stored_breaker(unit)
+        return breaker is not None and breaker.is_open
+
+    async def _check_breaker(self) -> None:
+        """Refuse a write while the breaker is open, unless a read probe shows the broker back."""
+        if not self.breaker_open:
+            return
+        now = self.clock()
+        if self._probed_at is None or now - self._probed_at >= PROBE_INTERVAL:
+            self._probed_at = now
+            try:
+                await self._call(self.broker.server_time())
+            except TimeoutError:
+                pass
+            else:
+                await self.broker_answered("server time")
+                return
+        raise Refused(
+            Control.CIRCUIT_BREAKER,
+            f"writes to {self.broker.capabilities.venue} are paused after "
+            f"{self.breaker_failures_max} unknown outcomes in a row; a read probe will close it",
+        )
+
+    async def _broker_failed(self, cause: str) -> None:
+        """A write's outcome is unknown; the breaker opens once that happened enough in a row."""
+        self._unknown_in_row += 1
+        if self.breaker_open or self._unknown_in_row < self.breaker_failures_max:
+            return
+        failures = self._unknown_in_row
+
+        def record(unit: UnitOfWork) -> None:
+            breaker = self._stored_breaker(unit)
+            if breaker is None:
+                breaker = CircuitBreaker.start(self.broker.capabilities.venue)
+                unit.add(breaker)
+            if not breaker.is_open:
+                breaker.open(failures, cause, recorded_at=self.clock())
+
+        await self.writer.execute(record)
+        self.breaker_open = True
+        self._probed_at = self.clock()  # the first probe waits one interval
+
+    async def broker_answered(self, probe: str) -> None:
+        """A read the broker answered: an open breaker closes (recorded, with the read named)."""
+        if not self.breaker_open:
+            return
+
+        def record(unit: UnitOfWork) -> None:
+            breaker = self._stored_breaker(unit)
+            if breaker is not None and breaker.is_open:
+                breaker.close(probe, recorded_at=self.clock())
+
+        await self.writer.execute(record)
+        self.breaker_open = False
+        self._unknown_in_row = 0
+
+    def _refusals(self, account: UUID | None, operation: str, subject: str) -> _RecordRefusals:
+        return _RecordRefusals(self, account, operation, subject)
+
+    async def record_refusal(
+        self, account: UUID | None, operation: str, subject: str, refusal: Refused
+    ) -> None:
+        """Keep a refused operation in the audit trail (the refusal itself changed nothing)."""
+
+        def record(unit: UnitOfWork) -> None:
+            unit.add(
+                Refusal.record(
+                    account_id=account,
+                    operation=operation,
+                    subject=subject,
+                    control=refusal.control,
+                    detail=refusal.detail,
+                    recorded_at=self.clock(),
+                )
+            )
+
+        await self.writer.execute(record)
+
     def known_instrument(self, symbol: str) -> Instrument:
         """The terms of `symbol`, already asked of the broker by `instrument()`."""
         return self._instruments[symbol]
@@ -505,6 +708,26 @@ class Engine:
             if isinstance(found, Found) and found.fills:
                 return Accepted(broker_ref=found.order.broker_ref, fills=found.fills)
         return None
+
+
+class _RecordRefusals:
+    """Around a step of an operation: a `Refused` leaving it is recorded, then raised on."""
+
+    def __init__(self, engine: Engine, account: UUID | None, operation: str, subject: str) -> None:
+        self.engine = engine
+        self.account = account
+        self.operation = operation
+        self.subject = subject
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> bool:
+        if isinstance(error, Refused):
+            await self.engine.record_refusal(self.account, self.operation, self.subject, error)
+        return False
 
 
 def _require_account(unit: UnitOfWork, name: str) -> Account:

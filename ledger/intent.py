@@ -150,6 +150,8 @@ class IntentRecorded(Event, frozen=True, kw_only=True):
     reservation: Money | None = None
     broker_time: datetime | None = None
     """The broker's clock read before the write was sent: no order of this intent is older."""
+    at_risk: Money | None = None
+    """An open's worst-case loss (its stop-loss distance, else its reservation), for limits."""
 
 
 class IntentSubmitted(Event, frozen=True, kw_only=True):
@@ -208,6 +210,7 @@ class Intent(Aggregate):
     epoch: int
     reservation: Money | None
     broker_time: datetime | None
+    at_risk: Money | None
     status: IntentStatus
     evidence: list[Evidence]
     review_reason: str | None
@@ -229,6 +232,7 @@ class Intent(Aggregate):
         attempt: int = 1,
         reservation: Money | None = None,
         broker_time: datetime | None = None,
+        at_risk: Money | None = None,
     ) -> Self:
         expected = PAYLOAD_OF_KIND[kind]
         if not isinstance(payload, expected):
@@ -247,6 +251,7 @@ class Intent(Aggregate):
             epoch=epoch,
             reservation=reservation,
             broker_time=broker_time,
+            at_risk=at_risk,
         )
         return intent
 
@@ -317,6 +322,7 @@ class Intent(Aggregate):
                 self.epoch = event.epoch
                 self.reservation = event.reservation
                 self.broker_time = event.broker_time
+                self.at_risk = event.at_risk
                 self.status = IntentStatus.PENDING
                 self.evidence = []
                 self.review_reason = None

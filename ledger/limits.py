@@ -49,7 +49,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_trades_per_day: int | None = None
     max_daily_loss: Money | None = None
     max_daily_loss_pct: Decimal | None = None
-    """Percent of the total the account started the day with."""
+    """Percent of the account's total, less what it realised today (deposits count at once)."""
     max_open_positions: int | None = None
     max_position_notional: Money | None = None
     risk_per_trade_pct: Decimal | None = None
@@ -91,8 +91,8 @@ class Exposure(msgspec.Struct, frozen=True, kw_only=True):
     """Realised losses and fees today, net of realised gains; never below zero."""
     at_risk: Money
     """What the opens in flight could still lose."""
-    start_total: Money
-    """The account's total before today's first event."""
+    equity: Money
+    """The account's total without today's realised P&L: what daily loss percentages are of."""
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,15 +127,15 @@ def check_open(limits: Limits, exposure: Exposure, trade: Trade) -> None:
         raise Refused(Control.MAX_DAILY_LOSS, _loss_detail(exposure, trade, limits.max_daily_loss))
     if limits.max_daily_loss_pct is not None:
         cap = Money.rounded(
-            exposure.start_total.amount * limits.max_daily_loss_pct / 100,
-            exposure.start_total.currency,
+            exposure.equity.amount * limits.max_daily_loss_pct / 100,
+            exposure.equity.currency,
             decimal.ROUND_DOWN,
         )
         if worst > cap:
             raise Refused(
                 Control.MAX_DAILY_LOSS_PCT,
-                _loss_detail(exposure, trade, cap) + f" ({limits.max_daily_loss_pct}% of the day's "
-                f"starting {exposure.start_total})",
+                _loss_detail(exposure, trade, cap)
+                + f" ({limits.max_daily_loss_pct}% of {exposure.equity})",
             )
 
 
@@ -144,3 +144,40 @@ def _loss_detail(exposure: Exposure, trade: Trade, cap: Money) -> str:
         f"lost {exposure.loss_today} today, {exposure.at_risk} at risk in flight, "
         f"{trade.at_risk} at risk in this open: more than the limit {cap}"
     )
+
+
+LIMIT_NAMES = tuple(field for field in Limits.__struct_fields__)
+
+
+def updated(limits: Limits, changes: dict[str, object], clear: list[str], currency: str) -> Limits:
+    """`limits` with `changes` (text from the operator, validated here) and `clear`ed ones unset.
+
+    Raises `InvalidValue` naming the first bad value; nothing to change is an error too.
+    """
+    if not changes and not clear:
+        raise InvalidValue("limits", "nothing to set: give at least one limit or --clear")
+    for name in clear:
+        if name not in LIMIT_NAMES:
+            raise InvalidValue(
+                "clear", f"{name!r} is not a limit (known: {', '.join(LIMIT_NAMES)})"
+            )
+        if name in changes:
+            raise InvalidValue(name, "is both set and cleared")
+    values: dict[str, object] = {name: getattr(limits, name) for name in LIMIT_NAMES}
+    for name in clear:
+        values[name] = getattr(Limits(), name)
+    for name, value in changes.items():
+        values[name] = _parsed(name, value, currency)
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+def _parsed(name: str, value: object, currency: str) -> object:
+    if name in {"max_trades_per_day", "max_open_positions"}:
+        return count(value, name)
+    if name in {"max_daily_loss", "max_position_notional"}:
+        return Money.parse(value, currency, field=name, positive=True)
+    if name in {"max_daily_loss_pct", "risk_per_trade_pct", "stop_loss_margin_pct"}:
+        return percent(value, name)
+    if name == "require_stop_loss" and isinstance(value, bool):
+        return value
+    raise InvalidValue(name, f"{value!r} is not a value for {name}")

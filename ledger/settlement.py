@@ -61,6 +61,14 @@ class OperationResult(msgspec.Struct, frozen=True, kw_only=True):
     """Why the broker refused, when it did."""
 
 
+class Closing(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One close a flatten sent: its result, or why it did not complete."""
+
+    position_id: UUID
+    result: OperationResult | None = None
+    error: str | None = None
+
+
 def load_intent(unit: UnitOfWork, intent_id: UUID) -> tuple[Intent, Account]:
     intent = unit.get(Intent, intent_id)
     if intent is None:

@@ -54,13 +54,15 @@ def check_risk(
     total: Money,
 ) -> None:
     """Refuse a stop (or its absence) that puts more at stake than the per-trade cap."""
-    if stop is None:
-        if limits.require_stop_loss:
-            raise Refused(Control.STOP_LOSS_REQUIRED, "this account requires a stop-loss")
-        return
+    if stop is None and limits.require_stop_loss:
+        raise Refused(Control.STOP_LOSS_REQUIRED, "this account requires a stop-loss")
     cap = limits.risk_cap(total)
     if cap is None:
         return
+    if stop is None:
+        raise Refused(
+            Control.RISK_PER_TRADE, f"without a stop-loss the loss is not bounded by {cap}"
+        )
     loss = instrument.loss_at(side, quantity, entry, Price(stop))
     if loss > cap:
         raise Refused(

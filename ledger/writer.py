@@ -42,9 +42,15 @@ BATCH_MAX = 512
 class UnitOfWork:
     """One command's access to the aggregates: cached, loaded once, saved together."""
 
-    def __init__(self, cache: dict[UUID, Aggregate], store: LedgerStore) -> None:
+    def __init__(
+        self,
+        cache: dict[UUID, Aggregate],
+        store: LedgerStore,
+        fresh: dict[UUID, Aggregate | None] | None = None,
+    ) -> None:
         self._cache = cache
         self._store = store
+        self._fresh = {} if fresh is None else fresh
         self.new: dict[UUID, Aggregate] = {}
         self.loaded: dict[UUID, tuple[Aggregate, int]] = {}
 
@@ -59,6 +65,19 @@ class UnitOfWork:
             raise InvariantViolated(f"{aggregate_id} is a {type(aggregate).__name__}")
         if aggregate_id not in self.new:
             self.loaded.setdefault(aggregate_id, (aggregate, aggregate.pending_count))
+        return aggregate
+
+    def current(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
+        """An aggregate other processes write (risk controls), as read at this batch's start.
+
+        Read from the store once per batch, never cached beyond it, and
+        never saved: the writer only reads these.
+        """
+        if aggregate_id not in self._fresh:
+            self._fresh[aggregate_id] = self._store.get(aggregate_class, aggregate_id)
+        aggregate = self._fresh[aggregate_id]
+        if aggregate is not None and not isinstance(aggregate, aggregate_class):
+            raise InvariantViolated(f"{aggregate_id} is a {type(aggregate).__name__}")
         return aggregate
 
     def add(self, aggregate: Aggregate) -> None:
@@ -148,9 +167,10 @@ class Writer:
 
     def _commit(self, batch: list[_Queued[Any]]) -> None:
         units: list[UnitOfWork] = []
+        fresh: dict[UUID, Aggregate | None] = {}
         try:
             for queued in batch:
-                unit = UnitOfWork(self._cache, self._store)
+                unit = UnitOfWork(self._cache, self._store, fresh)
                 try:
                     queued.result = queued.command(unit)
                 except LedgerError as error:

@@ -18,6 +18,7 @@ from ledger.engine import Engine
 from ledger.errors import LedgerError
 from ledger.reconciliation import Trigger
 from recovery.context import Apply, ProtectionPolicy
+from recovery.flatten import flatten_latched
 from recovery.recover import Report, reconcile
 
 
@@ -46,6 +47,7 @@ async def reconcile_every(
                     policy=policy,
                     first_seen=first_seen,
                 )
+                await flatten_latched(engine)
         except (LedgerError, TimeoutError) as error:
             # A pass that fails (a broker that does not answer) is retried on
             # the next tick; the engine keeps serving meanwhile.

@@ -72,6 +72,9 @@ async def reconcile(
     )
     intents = await _unfinished(run)
     await _read_broker(run, intents)
+    if apply is not Apply.NOTHING:
+        # The broker answered every read: writes to it may go again.
+        await engine.broker_answered("reconciliation")
     progress("resolving unfinished intents")
     startup = trigger is not Trigger.PERIODIC
     waiting = await _resolve_intents(run, intents, last_chance=startup and not run.lag)

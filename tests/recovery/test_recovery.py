@@ -349,6 +349,11 @@ def assert_fault_happened(fault: Fault, seen: Observed) -> None:
         closed = [f for f in seen.fills if f.reason is reason]
         assert 0 < len(closed) < len(opens)
         assert len(applied(seen.startup, Finding.FILL_RECORDED)) == len(closed)
+    elif fault in QUOTE_FAULTS:
+        # Every open is refused before commit 1: no intent, nothing at the broker.
+        assert opens == []
+        assert seen.orders == []
+        assert seen.lines.count(["refused", "Refused"]) == len(TRADES.split(","))
     else:
         assert fault is Fault.EXTERNAL_ORDER
         assert seen.operator is not None
@@ -359,6 +364,9 @@ def assert_fault_happened(fault: Fault, seen: Observed) -> None:
         assert [i.subject for i in adopted] == [i.subject for i in external]
 
 
+QUOTE_FAULTS = {Fault.STALE_QUOTE, Fault.MARKET_CLOSED}
+"""Faults that refuse opens before anything is written: one client-id scope is enough."""
+
 MATRIX = [
     pytest.param(
         fault,
@@ -367,6 +375,7 @@ MATRIX = [
     )
     for fault in Fault
     for scope in ClientIdScope
+    if fault not in QUOTE_FAULTS or scope is ClientIdScope.FOREVER
 ]
 
 
