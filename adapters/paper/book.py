@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
@@ -60,6 +61,19 @@ class Outcome:
     crash: bool = False
 
 
+IN_MEMORY = Path(":memory:")
+"""Books kept in memory only (`paper:///:memory:`): for benchmarks, gone with the process."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if path == IN_MEMORY:
+        return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if not path.parent.is_dir():
+        raise PaperBrokerError(f"the folder for {path} does not exist")
+    create_private_file(path)
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+
+
 class PaperBook(Execution, Queries):
     """The state of a paper broker, and every operation on it."""
 
@@ -71,18 +85,14 @@ class PaperBook(Execution, Queries):
         looking at the books passes False and changes nothing by looking.
         """
         self.settings = settings
-        if not settings.path.parent.is_dir():
-            raise PaperBrokerError(f"the folder for {settings.path} does not exist")
         try:
-            create_private_file(settings.path)
-            self._db = sqlite3.connect(
-                settings.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
+            self._db = _connect(settings.path)
         except (OSError, ValueError, sqlite3.Error) as error:
             raise PaperBrokerError(f"cannot open {settings.path}: {error}") from None
         try:
             self._db.row_factory = sqlite3.Row
-            make_durable(self._db, str(settings.path))
+            if settings.path != IN_MEMORY:
+                make_durable(self._db, str(settings.path))
             # executescript commits on its own, so the tables are made outside _write().
             self._db.executescript(TABLES)
             self._start_session(counted=start_session)

@@ -77,6 +77,9 @@ class PaperBroker:
         self.close()
 
     async def _run(self, call: Callable[[], T]) -> T:
+        if self.settings.latency_ms:
+            # The way there and back, outside the books' lock: calls in flight overlap.
+            await anyio.sleep(self.settings.latency_ms / 1000)
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
     async def _write(self, call: Callable[[], Outcome]) -> WriteResult:

@@ -6,7 +6,9 @@ Options: `seed` (an integer; fixes prices and every fault decision),
 `scope` (forever, open_only, none), `faults` (name:probability, comma
 separated), `spread_ticks` (bid/ask spread in ticks, default 2),
 `fee_rate` (fraction of notional, default 0.0005), `lag_seconds` (the
-visibility lag the broker declares, default 0, or 5 with lookup_lag).
+visibility lag the broker declares, default 0, or 5 with lookup_lag),
+`latency_ms` (how long every call takes to travel, default 0).
+`paper:///:memory:` keeps the books in memory only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SPREAD_TICKS_DEFAULT = 2
 FEE_RATE_DEFAULT = Decimal("0.0005")
 LOOKUP_LAG_SECONDS_DEFAULT = 5
 LAG_SECONDS_MAX = 86_400
+LATENCY_MS_MAX = 10_000
 SPREAD_TICKS_MAX = 1_000
 
 
@@ -73,6 +76,7 @@ class PaperSettings:
     spread_ticks: int = SPREAD_TICKS_DEFAULT
     fee_rate: Decimal = FEE_RATE_DEFAULT
     lag_seconds: int = 0
+    latency_ms: int = 0
 
     def probability(self, fault: Fault) -> Decimal:
         return self.faults.get(fault, Decimal(0))
@@ -88,7 +92,7 @@ def parse_broker_url(url: str) -> PaperSettings:
         raise BrokerURLError("a paper broker URL is paper:///path/to/broker.db")
     query = parse_qs(parts.query, keep_blank_values=True)
     options = {name: values[-1] for name, values in query.items()}
-    known = {"seed", "scope", "faults", "spread_ticks", "fee_rate", "lag_seconds"}
+    known = {"seed", "scope", "faults", "spread_ticks", "fee_rate", "lag_seconds", "latency_ms"}
     for name in options.keys() - known:
         raise BrokerURLError(f"unknown paper broker option {name!r}")
     faults = _parse_faults(options.get("faults", ""))
@@ -105,6 +109,7 @@ def parse_broker_url(url: str) -> PaperSettings:
         lag_seconds=_integer(
             options, "lag_seconds", default_lag, minimum=0, maximum=LAG_SECONDS_MAX
         ),
+        latency_ms=_integer(options, "latency_ms", 0, minimum=0, maximum=LATENCY_MS_MAX),
     )
 
 

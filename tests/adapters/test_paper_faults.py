@@ -539,6 +539,8 @@ def test_a_fault_plan_parses_to_exact_probabilities(tmp_path):
         ("seed=1.5", "seed='1.5' is not a whole number"),
         ("lag_seconds=soon", "lag_seconds='soon' is not a whole number"),
         ("fee_rate=1", "fee_rate: 1.000000 is outside 0..1"),
+        ("latency_ms=10001", "latency_ms"),
+        ("latency_ms=fast", "latency_ms='fast' is not a whole number"),
     ],
 )
 def test_a_bad_broker_url_is_refused_with_what_is_wrong(query, message):
@@ -563,3 +565,27 @@ def test_a_url_that_is_not_a_paper_broker_is_refused(url):
 def test_a_seed_that_is_not_plain_digits_is_a_broker_url_error(seed):
     with pytest.raises(BrokerURLError, match="seed="):
         parse_broker_url(f"paper:////tmp/broker.db?seed={seed}")
+
+
+@pytest.mark.anyio
+async def test_books_in_memory_trade_like_books_on_disk(tmp_path):
+    on_disk = await everyday_session(broker_url(tmp_path))
+    in_memory = await everyday_session("paper:///:memory:?seed=5&scope=forever")
+    # The same seed and calls give the same answers until the session reopens the
+    # books: what was in memory is gone then, as a restarted process would find.
+    assert msgspec.to_builtins(in_memory[:4]) == msgspec.to_builtins(on_disk[:4])
+    assert in_memory[4] == Rejected(reason="no account 'main' at this broker")
+    assert list(tmp_path.iterdir()) == [tmp_path / "broker.db"]
+
+
+@pytest.mark.anyio
+async def test_latency_delays_every_call_but_calls_overlap(tmp_path):
+    url = broker_url(tmp_path, extra="&latency_ms=200")
+    assert parse_broker_url(url).latency_ms == 200
+    with PaperBroker.open(url) as broker:
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tasks:
+            for _ in range(10):
+                tasks.start_soon(broker.server_time)
+        took = anyio.current_time() - started
+    assert 0.2 <= took < 2.0  # ten calls of 0.2 s each, together
