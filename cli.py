@@ -14,6 +14,7 @@ from typer.exceptions import TyperException
 
 from adapters.store import DEFAULT_STORE_URL
 from commands import controls, history, operations, reconcile, run, status, views
+from commands.audit import audit_app
 from commands.broker import broker_app
 from commands.shared import JsonOption, StoreOption, errors_as_exit_codes, open_store, print_json
 from commands.wal import wal_app
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(wal_app, name="wal")
+app.add_typer(audit_app, name="audit")
 operations.register(app)
 controls.register(app)
 app.command("status")(status.status)

@@ -13,11 +13,15 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio.to_thread
 
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL, Store
 from ledger.engine import BROKER_TIMEOUT_SECONDS, Engine
+from projections.seals import seal
 from recovery.recover import recover_at_startup
 
 Startup = Callable[[Engine], Awaitable[object]]
@@ -50,3 +54,5 @@ async def open_engine(
             broker_timeout=broker_timeout,
         ) as engine:
             yield engine
+            # A session that ends well seals what it wrote: the chain's head at its end.
+            await anyio.to_thread.run_sync(partial(seal, opened_store, final=True))

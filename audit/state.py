@@ -27,7 +27,7 @@ from ledger.aggregate import Aggregate
 from ledger.errors import InvariantViolated
 from ledger.events import Event
 from ledger.money import Money
-from ledger.position import Position, PositionFlagCleared, PositionFlagged, PositionOpened
+from ledger.position import Position, PositionOpened
 from projections.balances import BalanceRow
 from projections.positions import PositionRow
 
@@ -106,10 +106,8 @@ class Fold:
             if isinstance(event, PositionOpened):
                 opened_at = event.venue_time or event.recorded_at
                 self._open[event.originator_id] = _Open(folded(Position, None, event), opened_at)
-            elif not isinstance(event, PositionFlagged | PositionFlagCleared):
+            else:
                 raise InvariantViolated(f"{event.stored_name} of no open position: {event}")
-            # The aggregate lets a closed position's flags change (nothing else), and
-            # that changes no open position: dropped positions stay dropped.
             return
         held.position = folded(Position, held.position, event)
         if not held.position.is_open:

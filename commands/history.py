@@ -9,9 +9,8 @@ of every command; a stored event that cannot be decoded is exit code 3.
 from __future__ import annotations
 
 import csv
-import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from decimal import Decimal
@@ -20,7 +19,6 @@ from uuid import UUID
 
 import msgspec
 import typer
-from eventsourcing.persistence import MapperDeserialisationError
 
 from adapters.store import DEFAULT_STORE_URL
 from audit.lifecycle import Lifecycle, lifecycle
@@ -29,11 +27,9 @@ from audit.replay import Replay
 from audit.state import State
 from audit.statement import Line, statement
 from commands.shared import (
-    EXIT_UNAVAILABLE,
     JsonOption,
     StoreOption,
     errors_as_exit_codes,
-    fail,
     open_store,
     print_json,
     show,
@@ -130,19 +126,6 @@ LINE_COLUMNS = [
 EVIDENCE_COLUMNS = ["source", "observed_at", "broker_ref", "heuristic", "detail"]
 
 
-def undecodable_errors(command: Callable[P, None]) -> Callable[P, None]:
-    """A stored event that does not decode is exit code 3 and one line, like an unreadable store."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            command(*args, **kwargs)
-        except MapperDeserialisationError as error:
-            fail(str(error), EXIT_UNAVAILABLE)
-
-    return wrapper
-
-
 def parse_time(text: str, field: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -185,7 +168,6 @@ def replay_progress() -> AbstractContextManager[Progress | None]:
 
 @errors_as_exit_codes
 @view_errors
-@undecodable_errors
 def replay(
     start: FromOption = None,
     until: UntilOption = None,
@@ -235,7 +217,6 @@ def show_state(state: State) -> None:
 
 @errors_as_exit_codes
 @view_errors
-@undecodable_errors
 def account_statement(
     account: Annotated[str, typer.Argument(help="The account's name.")],
     start: StartTimeOption = None,
@@ -281,7 +262,6 @@ def _csv_cell(value: object) -> str:
 
 @errors_as_exit_codes
 @view_errors
-@undecodable_errors
 def show_intent(
     intent_id: Annotated[str, typer.Argument(help="The intent's id.")],
     store: StoreOption = DEFAULT_STORE_URL,

@@ -10,6 +10,8 @@ Every error a user can cause ends as one line on stderr and an exit code:
        holds the store, or an operation's outcome is unknown; for `recover`
        and `reconcile`: something awaits an operator
     4  `ledger rebuild --check`: a view differs from its rebuild
+    5  `ledger audit verify`: the hash chain or an invariant of the ledger
+       is broken
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Annotated, NoReturn, ParamSpec
 
 import msgspec
 import typer
+from eventsourcing.persistence import MapperDeserialisationError
 
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import BrokerURLError
@@ -36,6 +39,7 @@ from ledger.errors import LeaseHeld, LedgerError, OutcomeUnknown
 EXIT_REFUSED = 1
 EXIT_UNAVAILABLE = 3
 EXIT_DIFFERENT = 4
+EXIT_AUDIT_FAILED = 5
 
 P = ParamSpec("P")
 
@@ -78,6 +82,9 @@ def errors_as_exit_codes(command: Callable[P, None]) -> Callable[P, None]:
         except LedgerError as error:
             fail(str(error), EXIT_REFUSED)
         except (StoreError, BrokerURLError, PaperBrokerError, NotDurableError) as error:
+            fail(str(error), EXIT_UNAVAILABLE)
+        except MapperDeserialisationError as error:
+            # A stored event that does not decode: the store cannot be read as it is.
             fail(str(error), EXIT_UNAVAILABLE)
 
     return wrapper

@@ -366,6 +366,7 @@ class Position(Aggregate):
 
     def flag(self, flag: PositionFlag, detail: str, *, recorded_at: datetime) -> None:
         """Raise `flag` with `detail`. No event if it is already raised with that detail."""
+        self._check_open("flag")
         if not detail.strip():
             raise InvalidValue("detail", "a flag says what was found")
         if self.flags.get(flag) != detail:
@@ -373,6 +374,7 @@ class Position(Aggregate):
 
     def clear_flag(self, flag: PositionFlag, reason: str, *, recorded_at: datetime) -> None:
         """Lower `flag`, saying why. No event if it is not raised."""
+        self._check_open("clear a flag of")
         if flag in self.flags:
             self._trigger(PositionFlagCleared, recorded_at=recorded_at, flag=flag, reason=reason)
 

@@ -10,6 +10,7 @@ differs, and `sql()` rewrites it.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -79,6 +80,17 @@ class Database:
         """
         if not self.postgres:
             cursor.execute(f"UPDATE {self.table(table)} SET rowid = rowid WHERE 1 = 0")  # noqa: S608
+
+    def serialise_creation(self, cursor: Cursor) -> None:
+        """Make a transaction that creates tables wait for any other doing so (PostgreSQL).
+
+        On PostgreSQL two processes creating one table at once can collide
+        in the catalogue; a lock per schema, held to the end of the
+        transaction, makes the second wait instead. SQLite has one writer.
+        """
+        if self.postgres:
+            key = zlib.crc32(f"ledger views {self.table('')}".encode())
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
     def tables_named_like(self, cursor: Cursor, pattern: str) -> list[str]:
         """Names of this schema's tables matching the SQL LIKE `pattern` (`\\` escapes)."""

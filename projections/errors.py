@@ -25,3 +25,11 @@ class ViewMoved(ProjectionError):  # noqa: N818
 
 class ViewsKeepMoving(ProjectionError):  # noqa: N818
     """Raised when catching up lost the race to other writers more times than allowed."""
+
+
+class MalformedRow(ProjectionError):  # noqa: N818
+    """Raised when a row of the events table lacks a value, or holds one of the wrong type."""
+
+    def __init__(self, sequence: int, detail: str) -> None:
+        self.sequence = sequence
+        super().__init__(f"event {sequence} of the log is malformed: {detail}")

@@ -4,15 +4,22 @@ Events no view reads (a type added later, such as a reconciliation
 report) are skipped without being decoded; an event of a type a view
 reads is decoded (see `decoding`), and a version this code does not know
 stops the views instead of being skipped.
+
+`stored_rows` reads the same log as the events table stores it, byte for
+byte, for the hash chain (see `audit.chain`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from adapters.store import Store
+from audit.chain import StoredRow
+from projections.database import Database, values
 from projections.decoding import ViewDecoder
+from projections.errors import MalformedRow
 from projections.view import Numbered
 
 
@@ -53,3 +60,59 @@ def pages(
 def log_end(store: Store) -> int:
     """The id of the last notification committed (0 for an empty log)."""
     return store.application.recorder.max_notification_id() or 0
+
+
+def stored_rows(store: Store, *, after: int, stop: int, size: int) -> Iterator[list[StoredRow]]:
+    """Pages of the events table's rows after `after` up to and including `stop`, as stored.
+
+    eventsourcing's recorder parses each row on the way out: on SQLite a
+    text id becomes a UUID, so a changed letter case reads as the same id
+    and a garbled one fails the whole page. These are the stored values.
+    """
+    database = Database(store)
+    events = database.table(store.application.recorder.events_table_name)  # type: ignore[attr-defined]
+    if database.postgres:
+        position = "notification_id"
+        columns = "originator_id, originator_version, topic, state"
+    else:
+        position = "rowid"
+        # As BLOBs, the texts come back as the bytes stored, valid UTF-8 or not.
+        columns = "CAST(originator_id AS BLOB), originator_version, CAST(topic AS BLOB), state"
+    statement = database.sql(
+        f"SELECT {position}, {columns} FROM {events} "  # noqa: S608 - the store's own table
+        f"WHERE {position} > ? AND {position} <= ? ORDER BY {position} LIMIT ?"
+    )
+    while after < stop:
+        with database.transaction(commit=False) as cursor:
+            cursor.execute(statement, (after, stop, size))
+            fetched = [values(row) for row in cursor.fetchall()]
+        if not fetched:
+            return
+        page: list[StoredRow] = []
+        try:
+            page.extend(_stored_row(row) for row in fetched)
+        except MalformedRow:
+            if page:
+                yield page  # the rows before the malformed one
+            raise
+        yield page
+        after = page[-1].sequence
+
+
+def _stored_row(stored: tuple[Any, ...]) -> StoredRow:
+    sequence, originator_id, version, topic, state = stored
+    if isinstance(originator_id, UUID):  # a PostgreSQL uuid
+        originator_id = originator_id.bytes
+    if isinstance(topic, str):  # PostgreSQL text, always valid UTF-8
+        topic = topic.encode()
+    if isinstance(state, memoryview):
+        state = bytes(state)
+    for name, value, kind in (
+        ("originator_id", originator_id, bytes),
+        ("originator_version", version, int),
+        ("topic", topic, bytes),
+        ("state", state, bytes),
+    ):
+        if not isinstance(value, kind):
+            raise MalformedRow(sequence, f"{name} is {type(value).__name__}, not {kind.__name__}")
+    return StoredRow(sequence, originator_id, version, topic, state)

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -31,9 +30,10 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from adapters.store import Store
 from projections.catalogue import live_views
-from projections.database import Cursor, Database
+from projections.database import Database
 from projections.errors import ViewMoved, ViewNotTracked, ViewOutdated, ViewsKeepMoving
 from projections.log import Page, log_end, pages
+from projections.seals import seal
 from projections.tracking import TRACKING_TABLE, create_tracking_table
 from projections.view import View
 
@@ -70,11 +70,11 @@ def prepare(database: Database, views: Sequence[View], *, outdated_ok: bool = Fa
     if not missing:
         return
     with database.transaction(commit=True) as cursor:
-        _serialise_creation(database, cursor)
+        database.serialise_creation(cursor)
         create_tracking_table(database, cursor)
     with database.transaction(commit=True) as cursor:
         database.lock_for_writing(cursor, TRACKING_TABLE)
-        _serialise_creation(database, cursor)
+        database.serialise_creation(cursor)
         for view in missing:
             view.create(cursor)
             tracked = view.tracking.read(cursor)
@@ -87,14 +87,6 @@ def prepare(database: Database, views: Sequence[View], *, outdated_ok: bool = Fa
                 )
     if not outdated_ok:
         known.update(view.tracking.view_name for view in missing)
-
-
-def _serialise_creation(database: Database, cursor: Cursor) -> None:
-    # On PostgreSQL two processes creating one table at once can collide in
-    # the catalogue; a lock per schema makes the second wait instead.
-    if database.postgres:
-        key = zlib.crc32(f"ledger views {database.table('')}".encode())
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
 
 def advance(
@@ -156,13 +148,14 @@ def catch_up(store: Store, *, until: int | None = None, views: Sequence[View] | 
     """Bring the views to the log's end (or to notification `until`); return where that is.
 
     What the views show afterwards is never older than the last commit
-    before the call.
+    before the call. The hash chain's seals are extended too (see `seals`).
     """
     database = Database(store)
     chosen = list(views) if views is not None else live_views(database)
     prepare(database, chosen)
     stop = log_end(store) if until is None else until
     advance(database, chosen, stop=stop)
+    seal(store)
     return stop
 
 

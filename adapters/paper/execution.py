@@ -218,10 +218,18 @@ class Execution(Tables):
                 )
 
     def _trigger_protection(self) -> None:
-        for row in self._open_positions():
-            instrument = self._instrument(row["symbol"])
+        protected = self._db.execute(
+            "SELECT * FROM positions WHERE closed_step IS NULL "
+            "AND (stop_loss IS NOT NULL OR take_profit IS NOT NULL) ORDER BY seq"
+        ).fetchall()
+        # Closing at a stop moves no price: one quote per symbol serves the whole pass.
+        quotes: dict[str, tuple[Price, Price]] = {}
+        for row in protected:
+            symbol = row["symbol"]
+            if symbol not in quotes:
+                quotes[symbol] = self._bid_ask(self._instrument(symbol))
             side = Side(row["side"])
-            bid, ask = self._bid_ask(instrument)
+            bid, ask = quotes[symbol]
             # A long is closed by selling at the bid; a short by buying at the ask.
             exit_price = bid if side is Side.LONG else ask
             stop_loss, take_profit = (

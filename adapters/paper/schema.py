@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS orders (
     visible_step INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_by_client_id ON orders (client_id);
+CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status);
 CREATE TABLE IF NOT EXISTS positions (
     seq INTEGER PRIMARY KEY,
     ref TEXT NOT NULL UNIQUE,
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS positions (
     opened_step INTEGER NOT NULL,
     closed_step INTEGER
 );
+CREATE INDEX IF NOT EXISTS positions_by_closed_step ON positions (closed_step);
 CREATE TABLE IF NOT EXISTS fills (
     seq INTEGER PRIMARY KEY,
     fill_id TEXT NOT NULL UNIQUE,

@@ -272,13 +272,6 @@ def test_the_log_is_read_a_page_at_a_time_as_records_are_taken(fixed_history, mo
             next(replay.records())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Position.flag and clear_flag do not check that the position is open, though "
-    "ledger/position.py says every command does and nothing happens to a closed position "
-    "(recovery checks before it flags; the aggregate does not). The fold tolerates flags on "
-    "closed positions for this reason.",
-)
 def test_a_closed_position_cannot_be_flagged():
     position = Position.open(
         uuid4(),

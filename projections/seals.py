@@ -1,0 +1,153 @@
+"""Seals: the hash chain's head, stored every SEAL_EVERY events and when a session ends.
+
+The chain (see `audit.chain`) is a projection of the log like any view:
+`seal` goes on from the last seal (or the chain's start) to the log's
+end, page by page, and stores the head at every SEAL_EVERY-th event and,
+when `final`, at the last one. A seal depends only on the rows up to its
+sequence, which never change once committed, so two processes sealing at
+once compute the same seals; the second insert of one does nothing.
+
+`ledger audit verify` recomputes the chain from the start and compares
+every seal: an event changed, removed, added or moved after it was
+sealed no longer leads to the stored head.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import msgspec
+
+from adapters.store import Store
+from audit.chain import GENESIS, Link, extend
+from projections.database import Database, values
+from projections.log import log_end, stored_rows
+from projections.rows import Table
+
+SEAL_EVERY = 1000
+"""Events between two seals."""
+SEAL_PAGE_SIZE = 1000
+"""Events read per query while extending the chain."""
+
+
+class Seal(msgspec.Struct, frozen=True, kw_only=True):
+    """The chain's head after the event at `sequence`."""
+
+    sequence: int
+    head: str
+    """SHA-256, in hex."""
+    events: int
+    """How many events the chain covers up to `sequence`."""
+    sealed_at: datetime
+
+    @property
+    def link(self) -> Link:
+        return Link(sequence=self.sequence, head=bytes.fromhex(self.head), events=self.events)
+
+
+SEALS = Table("ledger_seals", Seal, ("sequence",))
+
+_known: weakref.WeakSet[Store] = weakref.WeakSet()
+"""Stores whose seals table is known to exist."""
+
+
+def seal(store: Store, *, every: int = SEAL_EVERY, final: bool = False) -> Link:
+    """Extend the chain from the last seal to the log's end, sealing every `every`-th event
+    and, when `final`, the last one; return the head at the log's end.
+    """
+    database = Database(store)
+    _create(database)
+    last = last_seal(database)
+    link = sealed = GENESIS if last is None else last.link
+    for page in stored_rows(store, after=link.sequence, stop=log_end(store), size=SEAL_PAGE_SIZE):
+        due: list[Link] = []
+        for row in page:
+            link = extend(link, row)
+            if link.events % every == 0:
+                due.append(link)
+        _insert(database, due)
+        sealed = due[-1] if due else sealed
+    if final and link.sequence != sealed.sequence:
+        _insert(database, [link])
+    return link
+
+
+def head(store: Store) -> Link:
+    """The chain's head at the log's end, from the last seal on; writes nothing."""
+    database = Database(store)
+    last = last_seal(database)
+    link = GENESIS if last is None else last.link
+    for page in stored_rows(store, after=link.sequence, stop=log_end(store), size=SEAL_PAGE_SIZE):
+        for row in page:
+            link = extend(link, row)
+    return link
+
+
+def last_seal(database: Database) -> Seal | None:
+    """The seal at the highest sequence, or None (the table may not exist: nothing sealed)."""
+    if not _exists(database):
+        return None
+    with database.transaction(commit=False) as cursor:
+        cursor.execute(f"{_select(database)} ORDER BY sequence DESC LIMIT 1")
+        row = cursor.fetchone()
+    return None if row is None else SEALS.decode(values(row))
+
+
+def seals(database: Database, *, after: int = 0, size: int = SEAL_PAGE_SIZE) -> Iterator[Seal]:
+    """Every seal after sequence `after`, in order, read a page at a time."""
+    if not _exists(database):
+        return
+    statement = database.sql(f"{_select(database)} WHERE sequence > ? ORDER BY sequence LIMIT ?")
+    while True:
+        with database.transaction(commit=False) as cursor:
+            cursor.execute(statement, (after, size))
+            page = [SEALS.decode(values(row)) for row in cursor.fetchall()]
+        yield from page
+        if len(page) < size:
+            return
+        after = page[-1].sequence
+
+
+def _select(database: Database) -> str:
+    names = ", ".join(column.name for column in SEALS.columns)
+    return f"SELECT {names} FROM {database.table(SEALS.name)}"  # noqa: S608 - our own table
+
+
+def _exists(database: Database) -> bool:
+    if database.store in _known:
+        return True
+    with database.transaction(commit=False) as cursor:
+        found = bool(database.tables_named_like(cursor, SEALS.name.replace("_", "\\_")))
+    if found:
+        _known.add(database.store)
+    return found
+
+
+def _create(database: Database) -> None:
+    if _exists(database):
+        return
+    with database.transaction(commit=True) as cursor:
+        database.serialise_creation(cursor)
+        SEALS.create(database, cursor, SEALS.name)
+    _known.add(database.store)
+
+
+def _insert(database: Database, links: list[Link]) -> None:
+    if not links:
+        return
+    now = datetime.now(UTC)
+    rows = [
+        SEALS.encode(
+            Seal(sequence=link.sequence, head=link.head.hex(), events=link.events, sealed_at=now)
+        )
+        for link in links
+    ]
+    names = [column.name for column in SEALS.columns]
+    statement = database.sql(
+        f"INSERT INTO {database.table(SEALS.name)} ({', '.join(names)}) "  # noqa: S608
+        f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT (sequence) DO NOTHING"
+    )
+    with database.transaction(commit=True) as cursor:
+        cursor.executemany(statement, rows)
