@@ -1,6 +1,7 @@
-"""Audit: the tamper-evident hash chain over the stored log, the ledger's invariants, and history.
+"""Audit: checking the stored log, and reading history as an auditor reads it.
 
-`chain` hashes the stored events in log order and seals the head;
-`verify` recomputes the chain and checks the invariants; `replay`,
-`statement` and `lifecycle` answer what the ledger knew, and when.
+`verify` recomputes the hash chain (`projections.chain`, sealed by
+`projections.seals`) and checks the ledger's invariants (`invariants`);
+`replay`, `statement` and `lifecycle` answer what the ledger knew, and
+when, from the events themselves (`reading`, `records`, `state`).
 """

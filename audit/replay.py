@@ -36,7 +36,7 @@ from uuid import UUID
 import msgspec
 
 from adapters.store import Store
-from audit.reading import PAGE_SIZE, log_pages
+from audit.reading import PAGE_SIZE
 from audit.records import INTENT_ENDS, KIND_OF, Kind, Record, intent_of, position_of, record_of
 from audit.state import Fold, State
 from ledger.account import account_id
@@ -47,7 +47,7 @@ from ledger.position import PositionClosed, PositionOpened, position_id
 from ledger.reconciliation import ReconciliationRecorded
 from ledger.refusals import OperationRefused
 from projections.balances import BalanceRow
-from projections.log import log_end
+from projections.log import log_end, pages
 from projections.positions import PositionRow
 from projections.rebuild import Progress
 
@@ -175,7 +175,7 @@ class Replay:
         self._started = True
         end = log_end(self.store)
         stop = min(self.until, end) if isinstance(self.until, int) else end
-        for page in log_pages(self.store, stop=stop, page_size=self.page_size):
+        for page in pages(self.store, after=0, stop=stop, size=self.page_size):
             for sequence, event in page.events:
                 if isinstance(self.until, datetime) and event.recorded_at > self.until:
                     self._finished = True

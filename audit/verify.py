@@ -32,12 +32,12 @@ from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import StoredEvent
 
 from adapters.store import Store
-from audit.chain import GENESIS, StoredRow, extend
 from audit.invariants import APPLY_ERRORS, Balance, Ledger
 from audit.problems import Problem, ProblemKind, Problems
 from ledger.account import Account
 from ledger.events import Event
 from projections.balances import BALANCES, BalancesView
+from projections.chain import GENESIS, StoredRow, extend
 from projections.database import Database
 from projections.errors import MalformedRow
 from projections.log import log_end, stored_rows

@@ -47,6 +47,18 @@ class Database:
         # One definition of where the ledger's tables live: the store's.
         return self.store._table(name)  # noqa: SLF001 - the store's own naming rule, reused
 
+    @property
+    def events_table(self) -> str:
+        """The store's events table, as the SQL names it."""
+        recorder = self.store.application.recorder
+        return self.table(recorder.events_table_name)  # type: ignore[attr-defined]
+
+    @property
+    def sequence_column(self) -> str:
+        """The events table's column that holds each event's place in the log."""
+        # PostgreSQL has a notification_id column; SQLite numbers rows by rowid.
+        return "notification_id" if self.postgres else "rowid"
+
     def sql(self, statement: str) -> str:
         """`statement` with `?` placeholders, in the driver's placeholder style."""
         return statement.replace("?", "%s") if self.postgres else statement

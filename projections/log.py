@@ -1,4 +1,4 @@
-"""Reading the notification log in pages, decoding only the events some view reads.
+"""Reading the notification log in pages: for views, decoding only the events they read.
 
 Events no view reads (a type added later, such as a reconciliation
 report) are skipped without being decoded; an event of a type a view
@@ -6,17 +6,21 @@ reads is decoded (see `decoding`), and a version this code does not know
 stops the views instead of being skipped.
 
 `stored_rows` reads the same log as the events table stores it, byte for
-byte, for the hash chain (see `audit.chain`).
+byte, for the hash chain (see `projections.chain`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any, NamedTuple
 from uuid import UUID
 
+from eventsourcing.persistence import Notification
+
 from adapters.store import Store
-from audit.chain import StoredRow
+from ledger.events import Event
+from projections.chain import StoredRow
 from projections.database import Database, values
 from projections.decoding import ViewDecoder
 from projections.errors import MalformedRow
@@ -25,7 +29,7 @@ from projections.view import Numbered
 
 class Page(NamedTuple):
     events: list[Numbered]
-    """The events some view reads, in log order."""
+    """The events asked for, in log order."""
     read: int
     """How many notifications the page held, read or not."""
     end: int
@@ -33,15 +37,24 @@ class Page(NamedTuple):
 
 
 def pages(
-    store: Store, *, after: int, stop: int, names: frozenset[str], size: int
+    store: Store,
+    *,
+    after: int,
+    stop: int,
+    size: int,
+    names: frozenset[str] | None = None,
 ) -> Iterator[Page]:
     """Pages of the log after `after` up to and including `stop`.
+
+    With `names`, only the events of those types, decoded for views (see
+    `decoding`); without, every event, decoded and checked by the store's
+    own mapper, as loading an aggregate would (for the audit).
 
     The last page ends at `stop` even when the ids before it hold no event
     (ids a rolled-back transaction took), so views reach `stop` exactly.
     """
     recorder = store.application.recorder
-    decoder = ViewDecoder(store, names)
+    decode = partial(decode_checked, store) if names is None else ViewDecoder(store, names).decode
     position = after
     while position < stop:
         notifications = recorder.select_notifications(
@@ -49,12 +62,20 @@ def pages(
         )
         end = notifications[-1].id if len(notifications) == size else stop
         events: list[Numbered] = [
-            (notification.id, decoder.decode(notification))
+            (notification.id, decode(notification))
             for notification in notifications
-            if notification.topic.rpartition("/v")[0] in names
+            if names is None or notification.topic.rpartition("/v")[0] in names
         ]
         yield Page(events, len(notifications), end)
         position = end
+
+
+def decode_checked(store: Store, notification: Notification) -> Event:
+    """`notification` as its typed event, checked (and upcast) by the store's own mapper."""
+    event = store.application.mapper.to_domain_event(notification)
+    if not isinstance(event, Event):  # pragma: no cover - the mapper only makes ledger events
+        raise TypeError(f"{notification.topic} decoded to {type(event).__name__}")
+    return event
 
 
 def log_end(store: Store) -> int:
@@ -70,16 +91,14 @@ def stored_rows(store: Store, *, after: int, stop: int, size: int) -> Iterator[l
     and a garbled one fails the whole page. These are the stored values.
     """
     database = Database(store)
-    events = database.table(store.application.recorder.events_table_name)  # type: ignore[attr-defined]
+    position = database.sequence_column
     if database.postgres:
-        position = "notification_id"
         columns = "originator_id, originator_version, topic, state"
     else:
-        position = "rowid"
         # As BLOBs, the texts come back as the bytes stored, valid UTF-8 or not.
         columns = "CAST(originator_id AS BLOB), originator_version, CAST(topic AS BLOB), state"
     statement = database.sql(
-        f"SELECT {position}, {columns} FROM {events} "  # noqa: S608 - the store's own table
+        f"SELECT {position}, {columns} FROM {database.events_table} "  # noqa: S608 - the store's own table
         f"WHERE {position} > ? AND {position} <= ? ORDER BY {position} LIMIT ?"
     )
     while after < stop:

@@ -1,6 +1,6 @@
 """Seals: the hash chain's head, stored every SEAL_EVERY events and when a session ends.
 
-The chain (see `audit.chain`) is a projection of the log like any view:
+The chain (see `projections.chain`) is a projection of the log like any view:
 `seal` goes on from the last seal (or the chain's start) to the log's
 end, page by page, and stores the head at every SEAL_EVERY-th event and,
 when `final`, at the last one. A seal depends only on the rows up to its
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from adapters.store import Store
-from audit.chain import GENESIS, Link, extend
+from projections.chain import GENESIS, Link, extend
 from projections.database import Database, values
 from projections.log import log_end, stored_rows
 from projections.rows import Table

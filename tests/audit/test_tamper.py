@@ -24,11 +24,11 @@ import psycopg
 import pytest
 
 from adapters.store import Store
-from audit.chain import StoredRow
 from audit.problems import Problem, ProblemKind
 from audit.verify import Anchor, Verdict, verify
 from ledger.account import Account, account_id
 from projections import catch_up
+from projections.chain import StoredRow
 from projections.database import Database
 from projections.log import log_end
 from projections.seals import SEALS, head, seal

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from audit.chain import CHAIN_DOMAIN, GENESIS, Link, StoredRow, extend, frame
+from projections.chain import CHAIN_DOMAIN, GENESIS, Link, StoredRow, extend, frame
 
 ROWS = [
     StoredRow(1, b"\x01" * 16, 1, b"account.opened/v1", b"\x81\xa4name\xa4main"),

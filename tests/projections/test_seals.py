@@ -11,10 +11,10 @@ import pytest
 
 from adapters.bootstrap import open_engine
 from adapters.store import Store
-from audit.chain import GENESIS, Link, extend
 from ledger.account import Account
 from ledger.money import Money
 from projections import catch_up
+from projections.chain import GENESIS, Link, extend
 from projections.database import Database
 from projections.log import log_end, stored_rows
 from projections.seals import SEAL_EVERY, Seal, head, last_seal, seal, seals
