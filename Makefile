@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint postgres-server clean
+.PHONY: run test lint postgres-server bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -25,6 +25,13 @@ lint: $(INSTALLED)
 
 test: lint postgres-server
 	$(BIN)/pytest
+
+# Benchmarks: figures beside baselines measured in the same run (see bench/).
+bench: $(INSTALLED) postgres-server
+	$(BIN)/python -m bench
+
+bench-quick: $(INSTALLED) postgres-server
+	$(BIN)/python -m bench --quick
 
 # The tests start and stop their own throwaway PostgreSQL from the server
 # binaries; this only makes sure the binaries are installed.
