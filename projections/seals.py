@@ -51,6 +51,8 @@ SEALS = Table("ledger_seals", Seal, ("sequence",))
 
 _known: weakref.WeakSet[Store] = weakref.WeakSet()
 """Stores whose seals table is known to exist."""
+_reached: weakref.WeakKeyDictionary[Store, tuple[int, Link]] = weakref.WeakKeyDictionary()
+"""How far this process has extended each store's chain, sealing every how many events."""
 
 
 def seal(store: Store, *, every: int = SEAL_EVERY, final: bool = False) -> Link:
@@ -61,28 +63,40 @@ def seal(store: Store, *, every: int = SEAL_EVERY, final: bool = False) -> Link:
     _create(database)
     last = last_seal(database)
     link = sealed = GENESIS if last is None else last.link
-    for page in stored_rows(store, after=link.sequence, stop=log_end(store), size=SEAL_PAGE_SIZE):
-        due: list[Link] = []
-        for row in page:
-            link = extend(link, row)
-            if link.events % every == 0:
-                due.append(link)
+    # Rows this process hashed after the last seal need not be read again: a
+    # running engine seals on every catch-up, twice a second.
+    reached_every, reached = _reached.get(store, (every, GENESIS))
+    if reached_every == every and reached.sequence > link.sequence:
+        link = reached
+    for links in _extended(store, link):
+        due = [each for each in links if each.events % every == 0]
         _insert(database, due)
         sealed = due[-1] if due else sealed
+        link = links[-1]
     if final and link.sequence != sealed.sequence:
         _insert(database, [link])
+    _reached[store] = (every, link)
     return link
 
 
 def head(store: Store) -> Link:
     """The chain's head at the log's end, from the last seal on; writes nothing."""
-    database = Database(store)
-    last = last_seal(database)
+    last = last_seal(Database(store))
     link = GENESIS if last is None else last.link
+    for links in _extended(store, link):
+        link = links[-1]
+    return link
+
+
+def _extended(store: Store, link: Link) -> Iterator[list[Link]]:
+    """The chain after `link`, to the log's end: each page's links, in order."""
     for page in stored_rows(store, after=link.sequence, stop=log_end(store), size=SEAL_PAGE_SIZE):
+        links = []
         for row in page:
             link = extend(link, row)
-    return link
+            links.append(link)
+        if links:
+            yield links
 
 
 def last_seal(database: Database) -> Seal | None:
