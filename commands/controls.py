@@ -23,10 +23,12 @@ from adapters.bootstrap import open_engine
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL, Store
 from commands.shared import (
+    EXIT_UNAVAILABLE,
     BrokerOption,
     JsonOption,
     StoreOption,
     errors_as_exit_codes,
+    fail,
     open_broker,
     open_store,
     operator_name,
@@ -35,7 +37,7 @@ from commands.shared import (
 )
 from ledger.account import Account, account_id
 from ledger.controls import RiskControls, controls_id
-from ledger.errors import InvalidValue, LeaseHeld, NotFound
+from ledger.errors import IllegalTransition, InvalidValue, LeaseHeld, NotFound
 from ledger.limits import Limits, updated
 from ledger.risk import exposure
 from ledger.settlement import Closing
@@ -233,6 +235,30 @@ def _flatten_now(store: str, broker: str, scope: UUID | None) -> None:
         return
     for line in _closing_lines(closings):
         typer.echo(line)
+    left = sum(1 for closing in closings if closing.result is None)
+    if left:
+        fail(
+            f"{left} position(s) not closed yet; the switch stays latched: run "
+            "`ledger kill-switch flatten` again (or `ledger run`) once the broker answers",
+            EXIT_UNAVAILABLE,
+        )
+
+
+@kill_switch_app.command("flatten")
+@errors_as_exit_codes
+def flatten_again(
+    account: Scope = None,
+    every: AllAccounts = False,  # noqa: FBT002
+    store: StoreOption = DEFAULT_STORE_URL,
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+) -> None:
+    """Close what is still open under a kill switch engaged with --flatten (recovery first)."""
+    with open_store(store) as opened:
+        scope, named = _scope(opened, account, every=every)
+        engaged = _controls(opened, scope).kill_switch
+    if engaged is None or not engaged.flatten:
+        raise IllegalTransition(f"no kill switch engaged with --flatten for {named}")
+    _flatten_now(store, broker, scope)
 
 
 def _closing_lines(closings: list[Closing]) -> Iterator[str]:

@@ -50,6 +50,7 @@ from ledger.intent import (
     Evidence,
     Intent,
     IntentKind,
+    Levels,
     OpenRequest,
     Payload,
     ProtectionChange,
@@ -83,6 +84,8 @@ RESERVATION_MARGIN = Decimal("0.01")
 BROKER_TIMEOUT_SECONDS = 10.0
 EVIDENCE_ATTEMPTS = 3
 EVIDENCE_INTERVAL_SECONDS = 0.2
+CHANGE_SETS = {True: Levels.STOP_LOSS, False: Levels.TAKE_PROFIT, None: Levels.BOTH}
+"""What `_change_protection(stop_loss=...)` sets."""
 QUOTE_AGE_MAX = timedelta(seconds=30)
 """An open priced from an older quote is refused: the market may have moved anywhere."""
 PROBE_INTERVAL = timedelta(seconds=5)
@@ -445,7 +448,12 @@ class Engine:
                 intent_id,
                 IntentKind.POSITION_UPDATE,
                 ledger_account,
-                ProtectionChange(position_id=position, stop_loss=stop, take_profit=target),
+                ProtectionChange(
+                    position_id=position,
+                    stop_loss=stop,
+                    take_profit=target,
+                    sets=CHANGE_SETS[stop_loss],
+                ),
                 broker_time=broker_time,
             )
             levels: dict[str, Decimal | None] = {}
@@ -711,7 +719,11 @@ class Engine:
 
 
 class _RecordRefusals:
-    """Around a step of an operation: a `Refused` leaving it is recorded, then raised on."""
+    """Around a step of an operation: a `Refused` leaving it is recorded, then raised on.
+
+    An operation on a position names no account; the position's is looked
+    up only when there is a refusal to record.
+    """
 
     def __init__(self, engine: Engine, account: UUID | None, operation: str, subject: str) -> None:
         self.engine = engine
@@ -726,8 +738,18 @@ class _RecordRefusals:
         self, kind: type[BaseException] | None, error: BaseException | None, _: object
     ) -> bool:
         if isinstance(error, Refused):
-            await self.engine.record_refusal(self.account, self.operation, self.subject, error)
+            account = self.account
+            if account is None:
+                account = await self.engine.writer.execute(self._account_of_position)
+            await self.engine.record_refusal(account, self.operation, self.subject, error)
         return False
+
+    def _account_of_position(self, unit: UnitOfWork) -> UUID | None:
+        try:
+            held = unit.get(Position, UUID(self.subject))
+        except ValueError:  # pragma: no cover - subjects of position operations are ids
+            return None
+        return None if held is None else held.account_id
 
 
 def _require_account(unit: UnitOfWork, name: str) -> Account:

@@ -100,10 +100,34 @@ class CloseRequest(msgspec.Struct, frozen=True, kw_only=True, tag="close"):
     """None closes everything that is open."""
 
 
+class Levels(enum.StrEnum):
+    """Which of a position's levels a protection change sets."""
+
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    BOTH = "both"
+
+
 class ProtectionChange(msgspec.Struct, frozen=True, kw_only=True, tag="protection"):
     position_id: UUID
     stop_loss: Decimal | None = None
     take_profit: Decimal | None = None
+    sets: Levels = Levels.BOTH
+    """The level this change sets; the other is carried as it was when it was asked for."""
+
+    def levels_after(
+        self, stop_loss: Decimal | None, take_profit: Decimal | None
+    ) -> tuple[Decimal | None, Decimal | None]:
+        """The levels once this change is done, from the ones the position has then.
+
+        A take-profit change leaves the stop-loss as it is by then, not as it
+        was when the change was asked for: a stop tightened meanwhile stays.
+        """
+        if self.sets is Levels.STOP_LOSS:
+            return self.stop_loss, take_profit
+        if self.sets is Levels.TAKE_PROFIT:
+            return stop_loss, self.take_profit
+        return self.stop_loss, self.take_profit
 
 
 class TradeRequest(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):

@@ -6,7 +6,8 @@ intent still in flight is taken to fill, and an open at risk of its whole
 stop-loss distance (or, without a stop, of everything it reserved). An
 open is allowed only if, with it, every limit still holds; so no sequence
 of accepted opens can end with a limit exceeded, whatever the broker
-answers later.
+answers later, except by what the ledger cannot know before the fill: the
+open's own fee, and how far the fill is from the quote it was checked at.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def percent(value: object, field: str) -> Decimal:
     number = parse_decimal(value, field=field, places=PERCENT_PLACES).normalize()
     if not 0 < number <= 100:
         raise InvalidValue(field, f"{number} is outside (0, 100]")
-    return number
+    # normalize() writes 90 as 9E+1: a whole percent is kept as the integer it is.
+    return number.quantize(Decimal(1)) if number == number.to_integral_value() else number
 
 
 class Exposure(msgspec.Struct, frozen=True, kw_only=True):

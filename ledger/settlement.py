@@ -169,9 +169,10 @@ def _carry_out(
         result = _closed(unit, intent, account, payload, fills, now, result)
     elif isinstance(payload, ProtectionChange):
         held = open_position(unit, payload.position_id)
+        stop_loss, take_profit = payload.levels_after(held.stop_loss, held.take_profit)
         held.change_protection(
-            as_price(payload.stop_loss),
-            as_price(payload.take_profit),
+            as_price(stop_loss),
+            as_price(take_profit),
             "requested",
             recorded_at=now,
             intent_id=intent.id,
