@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,8 @@ from projections import catch_up
 from projections.database import Database
 from projections.seals import SEALS, seal
 from tests.projections.scenario import Scenario
-from tests.test_cli import LEDGER, ledger
+from tests.terminal import on_terminal
+from tests.test_cli import ledger
 
 
 @pytest.fixture
@@ -102,29 +100,8 @@ def test_errors_are_one_line_and_an_exit_code(arguments, code, message, tmp_path
 
 
 def test_verify_shows_progress_on_a_terminal(history, tmp_path: Path):
-    environment = {k: v for k, v in os.environ.items() if k != "LEDGER_STORE"}
-    controller, terminal = pty.openpty()
-    with subprocess.Popen(
-        [str(LEDGER), "audit", "verify", "--store", history],
-        cwd=tmp_path,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=terminal,
-        text=True,
-    ) as child:
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closed with the child
-                break
-            if not chunk:
-                break
-            shown += chunk
-        output, _ = child.communicate()
-    os.close(controller)
-    assert child.returncode == 0
+    returncode, shown, output = on_terminal(["audit", "verify", "--store", history], tmp_path)
+    assert returncode == 0
     assert b"verifying" in shown
     assert b"events/s" in shown
     assert output.endswith("the invariants hold\n")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import pty
 import sqlite3
-import subprocess
 from contextlib import closing
 from uuid import uuid4
 
@@ -19,7 +16,8 @@ from adapters.store import Store
 from cli import app
 from projections.database import Database
 from tests.projections.scenario import Scenario
-from tests.test_cli import LEDGER, ledger
+from tests.terminal import on_terminal
+from tests.test_cli import ledger
 
 
 @pytest.fixture
@@ -195,29 +193,8 @@ def test_an_event_that_no_longer_decodes_stops_the_replay_with_one_line(sqlite_u
 
 def test_replay_to_a_file_shows_progress_on_the_terminal(written, tmp_path):
     url, _ = written
-    environment = {k: v for k, v in os.environ.items() if k != "LEDGER_STORE"}
-    controller, terminal = pty.openpty()
-    with subprocess.Popen(
-        [str(LEDGER), "replay", "--json", "--store", url],
-        cwd=tmp_path,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=terminal,
-        text=True,
-    ) as child:
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closed with the child
-                break
-            if not chunk:
-                break
-            shown += chunk
-        output, _ = child.communicate()
-    os.close(controller)
-    assert child.returncode == 0
+    returncode, shown, output = on_terminal(["replay", "--json", "--store", url], tmp_path)
+    assert returncode == 0
     assert b"replaying" in shown
     assert b"events/s" in shown
     assert json.loads(output.splitlines()[-1])["state"]["sequence"] == 41

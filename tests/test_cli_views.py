@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 from decimal import Decimal
 
 import pytest
@@ -15,7 +12,8 @@ from ledger.position import Position
 from projections import catch_up
 from projections.database import Database
 from tests.projections.scenario import Scenario
-from tests.test_cli import LEDGER, ledger
+from tests.terminal import on_terminal
+from tests.test_cli import ledger
 
 
 @pytest.fixture
@@ -144,29 +142,8 @@ def test_rebuild_and_check(history, tmp_path):
 def test_rebuild_shows_progress_in_events_per_second_on_a_terminal(sqlite_url, tmp_path):
     with Store.open(sqlite_url) as store:
         Scenario(store).write_everything()
-    environment = {k: v for k, v in os.environ.items() if k != "LEDGER_STORE"}
-    controller, terminal = pty.openpty()
-    with subprocess.Popen(
-        [str(LEDGER), "rebuild", "--store", sqlite_url],
-        cwd=tmp_path,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=terminal,
-        text=True,
-    ) as child:
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closed with the child
-                break
-            if not chunk:
-                break
-            shown += chunk
-        output, _ = child.communicate()
-    os.close(controller)
-    assert child.returncode == 0
+    returncode, shown, output = on_terminal(["rebuild", "--store", sqlite_url], tmp_path)
+    assert returncode == 0
     assert b"events/s" in shown
     assert b"rebuilding" in shown
     assert output.startswith("all: rebuilt up to event")
