@@ -19,8 +19,9 @@ import anyio.to_thread
 
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
-from adapters.store import DEFAULT_STORE_URL, Store
+from adapters.store import DEFAULT_STORE_URL
 from ledger.engine import BROKER_TIMEOUT_SECONDS, Engine
+from projections.live import ViewIndexedStore
 from projections.seals import seal
 from recovery.recover import recover_at_startup
 
@@ -45,7 +46,10 @@ async def open_engine(
     `startup` runs before the engine serves: startup recovery, unless the
     caller runs its own reconciliation instead.
     """
-    with Store.open(store) as opened_store, PaperBroker.open(broker) as opened_broker:
+    with (
+        ViewIndexedStore.open(store) as opened_store,
+        PaperBroker.open(broker) as opened_broker,
+    ):
         async with Engine.open(
             opened_store,
             opened_broker,

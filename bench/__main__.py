@@ -29,6 +29,7 @@ from bench.replays import (
     rebuild_rate,
     recovery_seconds,
 )
+from projections.runner import catch_up
 from tests.conftest import drop_postgres_schema, fresh_postgres_schema
 from tests.postgres_server import throwaway_postgres
 
@@ -169,6 +170,8 @@ def history_figures(folder: Path, sizes: Sizes) -> list[Figure]:
         with Store.open(url) as store:
             deposits(store, "bench", events)
             pending_opens(store, "bench", sizes.pending)
+            # As a running engine leaves them: its views follow the log.
+            catch_up(store)
         seconds[events] = recovery_seconds(url)
         figures.append(
             Figure(

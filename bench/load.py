@@ -18,11 +18,12 @@ import anyio
 from eventsourcing.application import Application
 
 from adapters.paper.broker import PaperBroker
-from adapters.store import Store, parse_store_url
+from adapters.store import parse_store_url
 from bench.measure import percentile
 from bench.naive import NaiveLedger
 from ledger.engine import Engine
 from ledger.money import Money
+from projections.live import ViewIndexedStore
 from recovery.recover import recover_at_startup
 
 T = TypeVar("T")
@@ -67,7 +68,10 @@ async def engine_cycles(
     # One account per worker: the broker nets positions per account and symbol.
     accounts = [f"bench{worker}" for worker in range(concurrency)]
     per_worker = max(1, cycles // concurrency)
-    with Store.open(store_url) as store, PaperBroker.open(broker_url(latency_ms)) as broker:
+    with (
+        ViewIndexedStore.open(store_url) as store,
+        PaperBroker.open(broker_url(latency_ms)) as broker,
+    ):
         for account in accounts:
             await broker.fund(account, Money.parse(FUNDS, "USD"))
         async with Engine.open(store, broker, holder="bench", startup=recover_at_startup) as engine:

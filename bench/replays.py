@@ -13,6 +13,7 @@ from adapters.store import Store
 from bench.load import broker_url
 from ledger.account import Account, account_id
 from ledger.engine import Engine
+from projections.live import ViewIndexedStore
 from projections.log import log_end
 from projections.rebuild import rebuild
 from recovery.recover import recover_at_startup
@@ -22,7 +23,7 @@ def recovery_seconds(store_url: str) -> float:
     """From opening the engine to ready: the lease, startup recovery, and nothing else."""
 
     async def ready() -> float:
-        with Store.open(store_url) as store, PaperBroker.open(broker_url()) as broker:
+        with ViewIndexedStore.open(store_url) as store, PaperBroker.open(broker_url()) as broker:
             started = time.perf_counter()
             async with Engine.open(store, broker, holder="bench", startup=recover_at_startup):
                 return time.perf_counter() - started

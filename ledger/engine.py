@@ -362,7 +362,7 @@ class Engine:
         the others do; each one's result or error is returned.
         """
         self._check_ready()
-        held, closing = await anyio.to_thread.run_sync(self._flatten_targets, account)
+        held, closing = await self.writer.execute(lambda unit: self._flatten_targets(unit, account))
         results: list[Closing] = []
 
         async def close(position: UUID) -> None:
@@ -379,16 +379,18 @@ class Engine:
                     tasks.start_soon(close, position)
         return results
 
-    def _flatten_targets(self, account: UUID | None) -> tuple[list[UUID], set[UUID]]:
+    def _flatten_targets(
+        self, unit: UnitOfWork, account: UUID | None
+    ) -> tuple[list[UUID], set[UUID]]:
         """Open positions of `account`, and those a close intent in flight already names."""
         held = []
         for position_id in self.store.open_positions():
-            position = self.store.get(Position, position_id)
-            if position is not None and account in {None, position.account_id}:
+            position = unit.get(Position, position_id)
+            if position is not None and position.is_open and account in {None, position.account_id}:
                 held.append(position_id)
         closing = set()
         for intent_id in self.store.unfinished_intents():
-            intent = self.store.get(Intent, intent_id)
+            intent = unit.get(Intent, intent_id)
             if intent is not None and isinstance(intent.payload, CloseRequest):
                 closing.add(intent.payload.position_id)
         return held, closing

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import anyio.to_thread
-
 from ledger.controls import RiskControls, controls_id
 from ledger.engine import Engine
 from ledger.settlement import Closing
+from ledger.writer import UnitOfWork
 
 
 async def flatten_latched(engine: Engine) -> list[Closing]:
     """Close the open positions of every account under a flattening kill switch."""
-    scopes = await anyio.to_thread.run_sync(_flattening, engine)
+    scopes = await engine.writer.execute(lambda unit: _flattening(engine, unit))
     if None in scopes:
         return await engine.flatten(None)
     closings: list[Closing] = []
@@ -30,12 +29,11 @@ async def flatten_latched(engine: Engine) -> list[Closing]:
     return closings
 
 
-def _flattening(engine: Engine) -> list[UUID | None]:
+def _flattening(engine: Engine, unit: UnitOfWork) -> list[UUID | None]:
     """The scopes (None: every account) whose kill switch is engaged to flatten."""
-    store = engine.store
     flattening: list[UUID | None] = []
-    for scope in [None, *store.accounts()]:
-        controls = store.get(RiskControls, controls_id(scope))
+    for scope in [None, *engine.store.accounts()]:
+        controls = unit.current(RiskControls, controls_id(scope))
         engaged = None if controls is None else controls.kill_switch
         if engaged is not None and engaged.flatten:
             flattening.append(scope)
