@@ -39,8 +39,8 @@ from ledger.account import Account, account_id
 from ledger.controls import RiskControls, controls_id
 from ledger.errors import IllegalTransition, InvalidValue, LeaseHeld, NotFound
 from ledger.limits import Limits, updated
+from ledger.results import Closing
 from ledger.risk import exposure
-from ledger.settlement import Closing
 from ledger.writer import UnitOfWork
 
 limits_app = typer.Typer(help="Per-account risk limits.", no_args_is_help=True)

@@ -22,7 +22,7 @@ from commands.shared import BrokerOption, JsonOption, StoreOption, errors_as_exi
 from ledger.engine import Engine
 from ledger.errors import InvalidValue
 from ledger.instruments import Side
-from ledger.settlement import OperationResult
+from ledger.results import OperationResult
 
 Account = Annotated[str, typer.Argument(help="The ledger account.")]
 Amount = Annotated[str, typer.Argument(help="How much, e.g. 10000 or 2500.50.")]

@@ -6,6 +6,7 @@ from ledger.account import ACCOUNT_EVENTS
 from ledger.breaker import BREAKER_EVENTS
 from ledger.controls import CONTROLS_EVENTS
 from ledger.events import EventTypes
+from ledger.idempotency import REQUEST_EVENTS
 from ledger.intent import INTENT_EVENTS
 from ledger.position import POSITION_EVENTS
 from ledger.reconciliation import RECONCILIATION_EVENTS
@@ -19,4 +20,5 @@ EVENT_TYPES = EventTypes(
     + CONTROLS_EVENTS
     + REFUSAL_EVENTS
     + BREAKER_EVENTS
+    + REQUEST_EVENTS
 )

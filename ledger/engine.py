@@ -19,30 +19,36 @@ is recorded and completed in one commit.
 from __future__ import annotations
 
 import copy
+import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Self, TypeVar
+from functools import partial
+from typing import Concatenate, ParamSpec, Self, TypeVar
 from uuid import UUID, uuid4
 
 import anyio
 import anyio.to_thread
 
-from ledger import risk, settlement, stops
+from ledger import idempotency, risk, settlement, stops
 from ledger.account import Account, account_id, validate_account_name
 from ledger.breaker import FAILURES_MAX_DEFAULT, CircuitBreaker, breaker_id
 from ledger.errors import (
     Frozen,
     IllegalTransition,
     InvalidValue,
+    KeyReused,
     LedgerError,
     NotFound,
     NotReady,
     OperationRejected,
     OutcomeUnknown,
     Refused,
+    RequestInFlight,
 )
+from ledger.idempotency import KeyedRequest
 from ledger.instruments import Instrument, Price, Side
 from ledger.intent import (
     BalanceChange,
@@ -57,26 +63,30 @@ from ledger.intent import (
 )
 from ledger.limits import Control
 from ledger.money import Money
+from ledger.origin import Origin
 from ledger.ports import (
     Accepted,
     Broker,
     Found,
     LedgerStore,
     LookupUnsupported,
+    Observer,
     OrderAction,
     OrderRequest,
     ProtectionRequest,
     Quote,
     Rejected,
     Unknown,
+    Unobserved,
     WriteResult,
 )
 from ledger.position import Position, check_protection
 from ledger.refusals import Refusal
-from ledger.settlement import Closing, OperationResult
+from ledger.results import Closing, OperationResult
 from ledger.writer import UnitOfWork, Writer, tagged
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # A market order can fill worse than the quote it was priced from; the
 # reservation holds this much more, so a fill within it is always covered.
@@ -96,6 +106,74 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (OperationRejected, "rejected"),
+    (Refused, "refused"),
+    (OutcomeUnknown, "unknown"),
+    (KeyReused, "conflict"),
+    (RequestInFlight, "conflict"),
+    (NotReady, "not_ready"),
+    (LedgerError, "invalid"),
+)
+"""How an operation that raised is counted, first match wins; anything else is an error."""
+
+
+def _operation(
+    name: str,
+) -> Callable[
+    [Callable[Concatenate[Engine, P], Awaitable[OperationResult]]],
+    Callable[Concatenate[Engine, P], Awaitable[OperationResult]],
+]:
+    """Frame a public operation: refused until ready, answered from its key when sent again,
+    and counted by outcome."""
+
+    def frame(
+        method: Callable[Concatenate[Engine, P], Awaitable[OperationResult]],
+    ) -> Callable[Concatenate[Engine, P], Awaitable[OperationResult]]:
+        @functools.wraps(method)
+        async def run(engine: Engine, /, *args: P.args, **kwargs: P.kwargs) -> OperationResult:
+            outcome = "error"
+            try:
+                engine._check_ready()  # noqa: SLF001 - the frame is the engine's own
+                origin = kwargs.get("origin")
+                if isinstance(origin, Origin) and origin.key is not None:
+                    earlier = await engine.writer.execute(
+                        partial(idempotency.earlier_answer, origin=origin)
+                    )
+                    if earlier is not None:
+                        outcome = "repeated"
+                        return earlier
+                result = await method(engine, *args, **kwargs)
+                outcome = result.status
+            except BaseException as error:
+                outcome = next(
+                    (name for kind, name in OUTCOMES if isinstance(error, kind)), "error"
+                )
+                raise
+            else:
+                return result
+            finally:
+                engine.observer.operation(name, outcome)
+
+        return run
+
+    return frame
+
+
+def _claiming(
+    origin: Origin | None, record: Callable[[UnitOfWork], T]
+) -> Callable[[UnitOfWork], T]:
+    """Commit 1's `record`, refused first if its idempotency key is taken meanwhile."""
+    if origin is None or origin.key is None:
+        return record
+
+    def claimed(unit: UnitOfWork) -> T:
+        idempotency.claim(unit, origin)
+        return record(unit)
+
+    return claimed
+
+
 class Engine:
     """Deposits, withdrawals and trades, each through a write-ahead intent."""
 
@@ -109,6 +187,7 @@ class Engine:
         broker_timeout: float = BROKER_TIMEOUT_SECONDS,
         quote_age_max: timedelta = QUOTE_AGE_MAX,
         breaker_failures_max: int = FAILURES_MAX_DEFAULT,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -123,7 +202,8 @@ class Engine:
         self._unknown_in_row = 0
         """Writes in a row whose outcome stayed unknown (answer lost, no evidence found)."""
         self._probed_at: datetime | None = None
-        self.writer = Writer(store)
+        self.observer = observer or Unobserved()
+        self.writer = Writer(store, observer=self.observer)
         self.ready = False
         """False until startup recovery is done: until then every operation is refused."""
         self.frozen: dict[tuple[UUID, str], UUID] = {}
@@ -182,9 +262,11 @@ class Engine:
 
     # Balance operations ---------------------------------------------------------------
 
-    async def deposit(self, account: str, amount: object, currency: str) -> OperationResult:
+    @_operation("deposit")
+    async def deposit(
+        self, account: str, amount: object, currency: str, *, origin: Origin | None = None
+    ) -> OperationResult:
         """Credit `account`, opening it in `currency` if it is new."""
-        self._check_ready()
         money = Money.parse(amount, currency, positive=True)
         validate_account_name(account)
         intent_id = uuid4()
@@ -199,15 +281,17 @@ class Engine:
                 raise InvalidValue(
                     "currency", f"account {account} holds {ledger_account.currency}, not {currency}"
                 )
-            intent = self._balance_intent(unit, intent_id, ledger_account, money, add=True)
+            intent = self._balance_intent(unit, intent_id, ledger_account, money, origin, add=True)
             ledger_account.deposit(money, recorded_at=now, intent_id=intent_id)
             return intent
 
-        return _balance_result(await self.writer.execute(record))
+        return _balance_result(await self.writer.execute(_claiming(origin, record)))
 
-    async def withdraw(self, account: str, amount: object, currency: str) -> OperationResult:
+    @_operation("withdraw")
+    async def withdraw(
+        self, account: str, amount: object, currency: str, *, origin: Origin | None = None
+    ) -> OperationResult:
         """Debit `account`; refused if it would take available funds below zero."""
-        self._check_ready()
         money = Money.parse(amount, currency, positive=True)
         intent_id = uuid4()
 
@@ -219,15 +303,23 @@ class Engine:
                 )
             # The withdrawal first: it refuses (insufficient funds) before changing anything.
             ledger_account.withdraw(money, recorded_at=self.clock(), intent_id=intent_id)
-            return self._balance_intent(unit, intent_id, ledger_account, money, add=False)
+            return self._balance_intent(unit, intent_id, ledger_account, money, origin, add=False)
 
-        return _balance_result(await self.writer.execute(record))
+        return _balance_result(await self.writer.execute(_claiming(origin, record)))
 
     def _balance_intent(
-        self, unit: UnitOfWork, intent_id: UUID, account: Account, money: Money, *, add: bool
+        self,
+        unit: UnitOfWork,
+        intent_id: UUID,
+        account: Account,
+        money: Money,
+        origin: Origin | None,
+        *,
+        add: bool,
     ) -> Intent:
         kind = IntentKind.BALANCE_ADD if add else IntentKind.BALANCE_DEDUCT
-        intent = self._submitted(unit, intent_id, kind, account, BalanceChange(amount=money))
+        payload = BalanceChange(amount=money)
+        intent = self._submitted(unit, intent_id, kind, account, payload, origin=origin)
         now = self.clock()
         intent.complete(
             Evidence(source="ledger", observed_at=now, detail="no broker call"), recorded_at=now
@@ -236,6 +328,7 @@ class Engine:
 
     # Trading operations ---------------------------------------------------------------
 
+    @_operation("open")
     async def open_position(
         self,
         account: str,
@@ -245,9 +338,9 @@ class Engine:
         *,
         stop_loss: object = None,
         take_profit: object = None,
+        origin: Origin | None = None,
     ) -> OperationResult:
         """Open a position with a market order, optionally protected by SL and TP."""
-        self._check_ready()
         instrument = await self.instrument(symbol)
         side = Side(side)
         size = instrument.quantity(quantity)
@@ -299,10 +392,11 @@ class Engine:
                 reservation,
                 broker_time=quote.time,
                 at_risk=at_risk,
+                origin=origin,
             )
 
         async with refusing:
-            intent = await self._commit_1(intent_id, record)
+            intent = await self._commit_1(intent_id, _claiming(origin, record))
         order = OrderRequest(
             client_id=intent.client_id,
             account=account,
@@ -316,9 +410,11 @@ class Engine:
         )
         return await self._send(intent, self.broker.submit(order), order)
 
-    async def close_position(self, position: UUID, quantity: object = None) -> OperationResult:
+    @_operation("close")
+    async def close_position(
+        self, position: UUID, quantity: object = None, *, origin: Origin | None = None
+    ) -> OperationResult:
         """Close all of a position, or `quantity` of it (allowed under a kill switch)."""
-        self._check_ready()
         async with self._refusals(None, "close", str(position)):
             await self._check_breaker()
         broker_time = await self._call(self.broker.server_time())
@@ -337,6 +433,7 @@ class Engine:
                 ledger_account,
                 CloseRequest(position_id=position, quantity=size),
                 broker_time=broker_time,
+                origin=origin,
             )
             order = OrderRequest(
                 client_id=intent.client_id,
@@ -350,7 +447,7 @@ class Engine:
             )
             return intent, order
 
-        intent, order = await self._commit_1(intent_id, record)
+        intent, order = await self._commit_1(intent_id, _claiming(origin, record))
         return await self._send(intent, self.broker.submit(order), order)
 
     async def flatten(self, account: UUID | None) -> list[Closing]:
@@ -395,13 +492,17 @@ class Engine:
                 closing.add(intent.payload.position_id)
         return held, closing
 
-    async def change_stop_loss(self, position: UUID, price: object) -> OperationResult:
-        self._check_ready()
-        return await self._change_protection(position, price, stop_loss=True)
+    @_operation("set-sl")
+    async def change_stop_loss(
+        self, position: UUID, price: object, *, origin: Origin | None = None
+    ) -> OperationResult:
+        return await self._change_protection(position, price, stop_loss=True, origin=origin)
 
-    async def change_take_profit(self, position: UUID, price: object) -> OperationResult:
-        self._check_ready()
-        return await self._change_protection(position, price, stop_loss=False)
+    @_operation("set-tp")
+    async def change_take_profit(
+        self, position: UUID, price: object, *, origin: Origin | None = None
+    ) -> OperationResult:
+        return await self._change_protection(position, price, stop_loss=False, origin=origin)
 
     async def restore_protection(
         self, position: UUID, *, plan_id: UUID | None = None
@@ -421,6 +522,7 @@ class Engine:
         *,
         stop_loss: bool | None,
         plan_id: UUID | None = None,
+        origin: Origin | None = None,
     ) -> OperationResult:
         """Change one level (`stop_loss` True: stop, False: target) or resend both (None)."""
         operation = {True: "set-sl", False: "set-tp", None: "restore-protection"}[stop_loss]
@@ -457,6 +559,7 @@ class Engine:
                     sets=CHANGE_SETS[stop_loss],
                 ),
                 broker_time=broker_time,
+                origin=origin,
             )
             levels: dict[str, Decimal | None] = {}
             if stop_loss is not False:
@@ -472,7 +575,9 @@ class Engine:
             return intent, request
 
         async with refusing:
-            intent, request = await self._commit_1(intent_id, tagged(record, plan_id))
+            intent, request = await self._commit_1(
+                intent_id, _claiming(origin, tagged(record, plan_id))
+            )
         return await self._send(intent, self.broker.amend_protection(request), None, plan_id)
 
     async def _stop_quote(self, position: UUID, price: object) -> Quote | None:
@@ -493,8 +598,13 @@ class Engine:
         *,
         broker_time: datetime | None = None,
         at_risk: Money | None = None,
+        origin: Origin | None = None,
     ) -> Intent:
-        """Commit 1's intent: recorded and marked submitted, as it goes to the broker next."""
+        """Commit 1's intent: recorded and marked submitted, as it goes to the broker next.
+
+        Called last in commit 1, once nothing can refuse any more; with the
+        intent goes the record of its idempotency key, if it was sent one.
+        """
         now = self.clock()
         intent = Intent.record(
             intent_id,
@@ -506,9 +616,12 @@ class Engine:
             reservation=reservation,
             broker_time=broker_time,
             at_risk=at_risk,
+            origin=origin,
         )
         intent.submit(recorded_at=now)
         unit.add(intent)
+        if origin is not None and origin.key is not None:
+            unit.add(KeyedRequest.record(origin, intent_id, recorded_at=now))
         return intent
 
     def _check_ready(self) -> None:
@@ -532,8 +645,12 @@ class Engine:
         return self._instruments[symbol]
 
     async def _call(self, call: Awaitable[T]) -> T:
-        with anyio.fail_after(self.broker_timeout):
-            return await call
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.broker_timeout):
+                return await call
+        finally:
+            self.observer.broker_call(time.perf_counter() - started)
 
     async def _commit_1(self, intent_id: UUID, record: Callable[[UnitOfWork], T]) -> T:
         """Record the intent; from then until `_send` ends it is this engine's to conclude."""

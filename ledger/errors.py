@@ -97,3 +97,26 @@ class OutcomeUnknown(LedgerError):  # noqa: N818
 
 class UnknownEventType(LookupError):  # noqa: N818
     """Raised when a stored event names a type, or a version, this code does not know."""
+
+
+class KeyReused(LedgerError):  # noqa: N818
+    """Raised when an idempotency key comes back with a request other than its first."""
+
+    def __init__(self, key: str, intent_id: object) -> None:
+        self.key = key
+        self.intent_id = intent_id
+        super().__init__(
+            f"idempotency key {key!r} was first sent with another request (intent {intent_id}); "
+            "a new request needs a new key"
+        )
+
+
+class RequestInFlight(LedgerError):  # noqa: N818
+    """Raised when an idempotency key comes back while its first request is still in flight."""
+
+    def __init__(self, intent_id: object) -> None:
+        self.intent_id = intent_id
+        super().__init__(
+            f"the request with this idempotency key is still in flight (intent {intent_id}); "
+            "ask again once it is concluded"
+        )

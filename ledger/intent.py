@@ -29,6 +29,7 @@ from ledger.errors import IllegalTransition, InvalidValue
 from ledger.events import Event
 from ledger.instruments import Side
 from ledger.money import Money
+from ledger.origin import Origin
 
 
 class IntentKind(enum.StrEnum):
@@ -176,6 +177,8 @@ class IntentRecorded(Event, frozen=True, kw_only=True):
     """The broker's clock read before the write was sent: no order of this intent is older."""
     at_risk: Money | None = None
     """An open's worst-case loss (its stop-loss distance, else its reservation), for limits."""
+    origin: Origin | None = None
+    """Who asked for it (and the idempotency key they sent), when they said."""
 
 
 class IntentSubmitted(Event, frozen=True, kw_only=True):
@@ -235,6 +238,7 @@ class Intent(Aggregate):
     reservation: Money | None
     broker_time: datetime | None
     at_risk: Money | None
+    origin: Origin | None
     status: IntentStatus
     evidence: list[Evidence]
     review_reason: str | None
@@ -257,6 +261,7 @@ class Intent(Aggregate):
         reservation: Money | None = None,
         broker_time: datetime | None = None,
         at_risk: Money | None = None,
+        origin: Origin | None = None,
     ) -> Self:
         expected = PAYLOAD_OF_KIND[kind]
         if not isinstance(payload, expected):
@@ -276,6 +281,7 @@ class Intent(Aggregate):
             reservation=reservation,
             broker_time=broker_time,
             at_risk=at_risk,
+            origin=origin,
         )
         return intent
 
@@ -347,6 +353,7 @@ class Intent(Aggregate):
                 self.reservation = event.reservation
                 self.broker_time = event.broker_time
                 self.at_risk = event.at_risk
+                self.origin = event.origin
                 self.status = IntentStatus.PENDING
                 self.evidence = []
                 self.review_reason = None

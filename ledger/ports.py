@@ -306,3 +306,30 @@ class LedgerStore(Protocol):
         Raises `LeaseHeld` naming the holder when another engine has it.
         """
         ...
+
+
+class Observer(Protocol):
+    """What the engine reports as it works (for metrics); nothing it reports changes its course."""
+
+    def operation(self, name: str, outcome: str) -> None:
+        """An operation (deposit, open, ...) ended: completed, rejected, refused, unknown, ..."""
+        ...
+
+    def broker_call(self, seconds: float) -> None: ...
+
+    def commit(self, commands: int, seconds: float) -> None:
+        """The writer committed one batch of `commands` in `seconds`."""
+        ...
+
+
+class Unobserved:
+    """The observer when nobody watches."""
+
+    def operation(self, name: str, outcome: str) -> None:
+        pass
+
+    def broker_call(self, seconds: float) -> None:
+        pass
+
+    def commit(self, commands: int, seconds: float) -> None:
+        pass

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import msgspec
 
+from ledger import idempotency
 from ledger.account import Account
 from ledger.errors import IllegalTransition, InvalidValue, NotFound
 from ledger.instruments import Instrument, Price, Quantity
@@ -26,7 +27,6 @@ from ledger.intent import (
     CloseRequest,
     Evidence,
     Intent,
-    IntentKind,
     IntentStatus,
     OpenRequest,
     ProtectionChange,
@@ -34,6 +34,7 @@ from ledger.intent import (
 from ledger.money import Money
 from ledger.ports import Accepted, BrokerPosition, Fill, FillReason, Rejected
 from ledger.position import CloseReason, Position, Provenance, position_id
+from ledger.results import OperationResult
 from ledger.writer import UnitOfWork
 
 CLOSE_REASONS = {
@@ -43,30 +44,6 @@ CLOSE_REASONS = {
     FillReason.MANUAL: CloseReason.EXTERNAL,
     FillReason.EXTERNAL: CloseReason.EXTERNAL,
 }
-
-
-class OperationResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What an operation did, once its outcome is durable."""
-
-    intent_id: UUID
-    kind: IntentKind
-    status: str
-    client_id: str | None = None
-    broker_ref: str | None = None
-    position_id: UUID | None = None
-    price: Decimal | None = None
-    quantity: Decimal | None = None
-    pnl: Money | None = None
-    reason: str | None = None
-    """Why the broker refused, when it did."""
-
-
-class Closing(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One close a flatten sent: its result, or why it did not complete."""
-
-    position_id: UUID
-    result: OperationResult | None = None
-    error: str | None = None
 
 
 def load_intent(unit: UnitOfWork, intent_id: UUID) -> tuple[Intent, Account]:
@@ -88,13 +65,15 @@ def fail(unit: UnitOfWork, intent_id: UUID, rejected: Rejected, now: datetime) -
         evidence=Evidence(source="submit", observed_at=now, detail=rejected.reason),
     )
     _release(account, intent, now)
-    return OperationResult(
+    result = OperationResult(
         intent_id=intent.id,
         kind=intent.kind,
         status=intent.status.value,
         client_id=intent.client_id,
         reason=rejected.reason,
     )
+    idempotency.answer(unit, intent, result, now)
+    return result
 
 
 def roll_back(unit: UnitOfWork, intent_id: UUID, evidence: Evidence, now: datetime) -> None:
@@ -116,6 +95,7 @@ def complete(
     intent, account = load_intent(unit, intent_id)
     result = _carry_out(unit, intent, account, accepted, now, instrument_of)
     intent.complete(evidence, recorded_at=now)
+    idempotency.answer(unit, intent, result, now)
     return result
 
 

@@ -17,6 +17,7 @@ is saved, its cache is dropped, and every caller in the batch gets the error.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,7 +30,7 @@ import anyio.to_thread
 from ledger.aggregate import Aggregate, written_by_plan
 from ledger.errors import InvariantViolated, LedgerError
 from ledger.intent import Intent
-from ledger.ports import LedgerStore
+from ledger.ports import LedgerStore, Observer, Unobserved
 from ledger.position import Position
 
 A = TypeVar("A", bound=Aggregate)
@@ -125,9 +126,15 @@ class Writer:
     """The one writer of the store."""
 
     def __init__(
-        self, store: LedgerStore, *, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX
+        self,
+        store: LedgerStore,
+        *,
+        queue_max: int = QUEUE_MAX,
+        batch_max: int = BATCH_MAX,
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
+        self._observer = observer or Unobserved()
         self._batch_max = batch_max
         self._send, self._receive = anyio.create_memory_object_stream[_Queued[Any]](queue_max)
         self._limiter = anyio.CapacityLimiter(1)
@@ -157,7 +164,9 @@ class Writer:
                         batch.append(self._receive.receive_nowait())
                     except anyio.WouldBlock:
                         break
+                started = time.perf_counter()
                 await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                self._observer.commit(len(batch), time.perf_counter() - started)
                 for queued in batch:
                     queued.done.set()
 

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from ledger.controls import RiskControls, controls_id
 from ledger.engine import Engine
-from ledger.settlement import Closing
+from ledger.results import Closing
 from ledger.writer import UnitOfWork
 
 

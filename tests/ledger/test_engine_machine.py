@@ -53,7 +53,7 @@ from ledger.instruments import Price, Quantity, Side
 from ledger.intent import Intent, IntentKind, IntentRecorded, IntentStatus
 from ledger.money import Money
 from ledger.position import Position, position_id
-from ledger.settlement import OperationResult
+from ledger.results import OperationResult
 from tests.agreement import assert_agrees
 
 CURRENCY = "USD"
