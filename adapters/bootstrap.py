@@ -21,6 +21,7 @@ from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL
 from ledger.engine import BROKER_TIMEOUT_SECONDS, Engine
+from ledger.ports import Observer
 from projections.live import ViewIndexedStore
 from projections.seals import seal
 from recovery.recover import recover_at_startup
@@ -40,6 +41,7 @@ async def open_engine(
     *,
     startup: Startup = recover_at_startup,
     broker_timeout: float = BROKER_TIMEOUT_SECONDS,
+    observer: Observer | None = None,
 ) -> AsyncIterator[Engine]:
     """Open the store and the broker, take the lease, recover, and run an engine on them.
 
@@ -56,6 +58,7 @@ async def open_engine(
             holder=process_name(),
             startup=startup,
             broker_timeout=broker_timeout,
+            observer=observer,
         ) as engine:
             yield engine
             # A session that ends well seals what it wrote: the chain's head at its end.

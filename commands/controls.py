@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
@@ -36,12 +35,10 @@ from commands.shared import (
     show,
 )
 from ledger.account import Account, account_id
-from ledger.controls import RiskControls, controls_id
 from ledger.errors import IllegalTransition, InvalidValue, LeaseHeld, NotFound
 from ledger.limits import Limits, updated
 from ledger.results import Closing
-from ledger.risk import exposure
-from ledger.writer import UnitOfWork
+from ledger.usage import limits_row, stored_controls, switch_rows
 
 limits_app = typer.Typer(help="Per-account risk limits.", no_args_is_help=True)
 kill_switch_app = typer.Typer(
@@ -58,28 +55,6 @@ Flatten = Annotated[
 Reason = Annotated[str, typer.Option("--reason", help="Why: recorded with the event.")]
 
 
-class LimitsRow(msgspec.Struct, frozen=True, kw_only=True):
-    """An account's limits and what it uses of them today, in flight counted at worst case."""
-
-    account: str
-    currency: str
-    limits: Limits
-    trades_today: int
-    open_positions: int
-    loss_today: Decimal
-    at_risk_in_flight: Decimal
-    equity: Decimal
-
-
-class SwitchRow(msgspec.Struct, frozen=True, kw_only=True):
-    scope: str
-    engaged: bool
-    actor: str | None = None
-    reason: str | None = None
-    engaged_at: datetime | None = None
-    flatten: bool = False
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -89,10 +64,6 @@ def _account(store: Store, name: str) -> Account:
     if found is None:
         raise NotFound(f"no account {name!r}")
     return found
-
-
-def _controls(store: Store, account: UUID | None) -> RiskControls:
-    return store.get(RiskControls, controls_id(account)) or RiskControls.start(account)
 
 
 # ledger limits ---------------------------------------------------------------------------
@@ -136,7 +107,7 @@ def set_limits(
     changes: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     with open_store(store) as opened:
         held = _account(opened, account)
-        controls = _controls(opened, held.id)
+        controls = stored_controls(opened, held.id)
         limits = updated(controls.limits, changes, clear or [], held.currency)
         controls.set_limits(limits, actor=operator_name(), reason=reason, recorded_at=_now())
         opened.save(controls)
@@ -156,7 +127,7 @@ def show_limits(
             accounts = [_account(opened, account)]
         else:
             accounts = [a for i in opened.accounts() if (a := opened.get(Account, i)) is not None]
-        rows = [_limits_row(opened, held) for held in accounts]
+        rows = [limits_row(opened, held) for held in accounts]
     if as_json:
         print_json(rows)
         return
@@ -169,20 +140,6 @@ def show_limits(
             f"lost {row.loss_today}, {row.at_risk_in_flight} at risk in flight, "
             f"equity for daily percentages {row.equity}"
         )
-
-
-def _limits_row(store: Store, held: Account) -> LimitsRow:
-    used = exposure(UnitOfWork({}, store), held, _now().date())
-    return LimitsRow(
-        account=held.name,
-        currency=held.currency,
-        limits=_controls(store, held.id).limits,
-        trades_today=used.trades_today,
-        open_positions=used.open_positions,
-        loss_today=used.loss_today.amount,
-        at_risk_in_flight=used.at_risk.amount,
-        equity=used.equity.amount,
-    )
 
 
 def _describe(limits: Limits) -> str:
@@ -215,7 +172,7 @@ def engage(
     """Engage the kill switch: no new opens (closes and tighter stops still go through)."""
     with open_store(store) as opened:
         scope, named = _scope(opened, account, every=every)
-        controls = _controls(opened, scope)
+        controls = stored_controls(opened, scope)
         controls.engage(actor=operator_name(), reason=reason, flatten=flatten, recorded_at=_now())
         opened.save(controls)
     typer.echo(f"kill switch engaged for {named}" + (", flattening" if flatten else ""))
@@ -255,7 +212,7 @@ def flatten_again(
     """Close what is still open under a kill switch engaged with --flatten (recovery first)."""
     with open_store(store) as opened:
         scope, named = _scope(opened, account, every=every)
-        engaged = _controls(opened, scope).kill_switch
+        engaged = stored_controls(opened, scope).kill_switch
     if engaged is None or not engaged.flatten:
         raise IllegalTransition(f"no kill switch engaged with --flatten for {named}")
     _flatten_now(store, broker, scope)
@@ -283,7 +240,7 @@ def release(
     """Release the kill switch; one that flattens only once the broker reports no position."""
     with open_store(store) as opened:
         scope, named = _scope(opened, account, every=every)
-        controls = _controls(opened, scope)
+        controls = stored_controls(opened, scope)
         with open_broker(broker) as venue:
             positions = anyio.run(venue.positions)
         if account is not None:
@@ -308,32 +265,6 @@ def switch_status(
     with open_store(store) as opened:
         rows = switch_rows(opened)
     show(rows, ["scope", "engaged", "actor", "reason", "engaged_at", "flatten"], as_json=as_json)
-
-
-def switch_rows(store: Store) -> list[SwitchRow]:
-    """The switch over every account, then each account's, engaged or not."""
-    scopes: list[tuple[UUID | None, str]] = [(None, "all")]
-    for identity in store.accounts():
-        held = store.get(Account, identity)
-        if held is not None:
-            scopes.append((identity, held.name))
-    rows = []
-    for scope, name in scopes:
-        engaged = _controls(store, scope).kill_switch
-        if engaged is None:
-            rows.append(SwitchRow(scope=name, engaged=False))
-        else:
-            rows.append(
-                SwitchRow(
-                    scope=name,
-                    engaged=True,
-                    actor=engaged.actor,
-                    reason=engaged.reason,
-                    engaged_at=engaged.engaged_at,
-                    flatten=engaged.flatten,
-                )
-            )
-    return rows
 
 
 def register(app: typer.Typer) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import anyio
 import anyio.abc
@@ -17,6 +18,11 @@ from rich.live import Live
 from rich.table import Table
 
 from adapters.bootstrap import open_engine
+from adapters.http.api import build_app
+from adapters.http.metrics import Metrics
+from adapters.http.server import DEFAULT_ADDRESS, HttpServer, announced, listen, parse_address
+from adapters.http.service import Service
+from adapters.http.tokens import Tokens
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL, Store
@@ -57,10 +63,21 @@ def run(
         ),
     ] = RECONCILE_EVERY_SECONDS,
     policy: PolicyOption = ProtectionPolicy.RESTORE,
+    http: Annotated[
+        str,
+        typer.Option("--http", help="Serve the API on HOST:PORT (port 0: any free port)."),
+    ] = DEFAULT_ADDRESS,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve no API.")] = False,  # noqa: FBT002
 ) -> None:
-    """Recover, then run the engine; stop with Ctrl-C (SIGINT) or SIGTERM."""
+    """Recover, then run the engine and its API; stop with Ctrl-C (SIGINT) or SIGTERM."""
     statistics = DemoStatistics()
-    session = Session(demo=demo, seed=seed, reconcile_every=reconcile_every, policy=policy)
+    session = Session(
+        demo=demo,
+        seed=seed,
+        reconcile_every=reconcile_every,
+        policy=policy,
+        http=None if no_http else parse_address(http),
+    )
     anyio.run(_serve, store, broker, session, duration, statistics)
     _summary(statistics, demo=demo)
 
@@ -73,6 +90,8 @@ class Session:
     seed: int
     reconcile_every: float
     policy: ProtectionPolicy
+    http: tuple[str, int] | None
+    """Where the API listens; None: no API."""
 
 
 async def _serve(
@@ -83,51 +102,96 @@ async def _serve(
     statistics: DemoStatistics,
 ) -> None:
     stop = anyio.Event()
+    metrics = Metrics()
     # The views read and write through their own connections to the same
     # database: they follow the log the engine's writer appends to.
-    with Store.open(store) as views:
-        async with (
-            open_engine(
-                store=store, broker=broker, startup=partial(_startup, policy=session.policy)
-            ) as engine,
-            anyio.create_task_group() as tasks,
-        ):
-            await tasks.start(follow, views)
-            tasks.start_soon(_stop_on_signal, stop)
-            if duration is not None:
-                tasks.start_soon(_stop_after, duration, stop)
-            tasks.start_soon(_show, engine, statistics, stop)
-            if session.reconcile_every:
-                await tasks.start(
-                    partial(
-                        reconcile_every,
-                        engine,
-                        session.reconcile_every,
-                        policy=session.policy,
-                        on_report=_say_found,
-                        on_error=lambda error: typer.echo(
-                            f"reconciliation failed: {error}", err=True
-                        ),
-                    )
+    with Store.open(store) as views, contextlib.ExitStack() as resources:
+        api = None if session.http is None else _api(store, session, metrics, resources)
+        async with anyio.create_task_group() as outer:
+
+            async def startup(engine: Engine) -> None:
+                # The API answers from the moment the lease is held: /ready
+                # says false while recovery runs, and operations are refused.
+                if api is not None:
+                    api.service.engine = engine
+                    await outer.start(api.server.run)
+                    resources.enter_context(announced(store, api.server.url))
+                    typer.echo(f"API on {api.server.url} (tokens: ledger token show)", err=True)
+                metrics.reconciled(await _startup(engine, policy=session.policy))
+
+            async with open_engine(
+                store=store, broker=broker, startup=startup, observer=metrics
+            ) as engine:
+                try:
+                    await _run(engine, views, session, duration, stop, statistics, metrics)
+                finally:
+                    if api is not None:
+                        await api.server.stop()
+
+
+class Api(NamedTuple):
+    service: Service
+    server: HttpServer
+
+
+def _api(store: str, session: Session, metrics: Metrics, resources: contextlib.ExitStack) -> Api:
+    if session.http is None:  # pragma: no cover - the caller asks only with an address
+        raise InvalidValue("http", "no address")
+    tokens = Tokens.of_store(store)
+    tokens.ensure()
+    reader = resources.enter_context(Store.open(store))
+    service = Service(reader=reader, tokens=tokens, metrics=metrics, policy=session.policy)
+    listener = listen(*session.http)
+    resources.callback(listener.close)
+    return Api(service, HttpServer(build_app(service), listener))
+
+
+async def _run(
+    engine: Engine,
+    views: Store,
+    session: Session,
+    duration: float | None,
+    stop: anyio.Event,
+    statistics: DemoStatistics,
+    metrics: Metrics,
+) -> None:
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(follow, views)
+        tasks.start_soon(_stop_on_signal, stop)
+        if duration is not None:
+            tasks.start_soon(_stop_after, duration, stop)
+        tasks.start_soon(_show, engine, statistics, stop)
+        if session.reconcile_every:
+            await tasks.start(
+                partial(
+                    reconcile_every,
+                    engine,
+                    session.reconcile_every,
+                    policy=session.policy,
+                    on_report=lambda report: _say_found(report, metrics),
+                    on_error=lambda error: typer.echo(f"reconciliation failed: {error}", err=True),
                 )
-            if session.demo:
-                await _demo(engine, session.seed, stop, statistics)
-            else:
-                typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
-                await stop.wait()
-            tasks.cancel_scope.cancel()
+            )
+        if session.demo:
+            await _demo(engine, session.seed, stop, statistics)
+        else:
+            typer.echo(f"engine running on epoch {engine.epoch}; Ctrl-C stops it")
+            await stop.wait()
+        tasks.cancel_scope.cancel()
 
 
-async def _startup(engine: Engine, *, policy: ProtectionPolicy) -> None:
+async def _startup(engine: Engine, *, policy: ProtectionPolicy) -> Report:
     report = await recover_at_startup(engine, policy)
     typer.echo(
         f"recovered: {len(report.items)} findings"
         + ("; some need review (ledger recover)" if report.needs_review else ""),
         err=True,
     )
+    return report
 
 
-def _say_found(report: Report) -> None:
+def _say_found(report: Report, metrics: Metrics) -> None:
+    metrics.reconciled(report)
     applied = sum(item.applied for item in report.items)
     if applied:
         typer.echo(f"reconciliation: {applied} changes from broker evidence", err=True)

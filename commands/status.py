@@ -19,7 +19,6 @@ import typer
 
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL, Store
-from commands.controls import SwitchRow, switch_rows
 from commands.shared import (
     BrokerOption,
     JsonOption,
@@ -35,6 +34,7 @@ from ledger.breaker import CircuitBreaker, breaker_id
 from ledger.intent import Intent, IntentStatus
 from ledger.ports import BrokerPosition
 from ledger.position import Position
+from ledger.usage import SwitchRow, switch_rows
 
 
 class NakedPosition(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,213 @@
+"""The routes: operations (write scope), views (read scope), health, readiness, metrics, schema.
+
+Every route but `/health` needs a bearer token (see `tokens`); writes
+need one with write scope, and its name is the actor recorded on the
+intent. A write may carry an `Idempotency-Key` header: sent again with
+the same body it gets the first answer back and writes nothing; with
+another body it is a 409.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+
+from adapters.http.errors import EXCEPTION_HANDLERS
+from adapters.http.operations import OPERATIONS, Operation
+from adapters.http.service import Service
+from adapters.http.tokens import Scope, Token
+from audit.lifecycle import Lifecycle, lifecycle
+from ledger.origin import Origin
+from ledger.reconciliation import Trigger
+from ledger.results import OperationResult
+from ledger.usage import LimitsRow, SwitchRow, every_limits_row, switch_rows
+from projections import queries
+from projections.balances import BalanceRow
+from projections.pending import PendingIntentRow
+from projections.positions import PositionRow
+from recovery.context import Apply
+from recovery.recover import Report, reconcile
+
+SCOPE = "scope"
+"""The key in a route's `opt` naming the scope it needs (read if unnamed); None: no token."""
+READ = {SCOPE: Scope.READ}
+WRITE = {SCOPE: Scope.WRITE}
+
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(
+        header="Idempotency-Key",
+        description="Makes a write safe to send again: same key and body, same answer.",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]+$",
+    ),
+]
+
+
+def authorise(connection: ASGIConnection[Any, Any, Any, Any], route: BaseRouteHandler) -> None:
+    """The guard of every route: a known bearer token, with the scope the route needs."""
+    needed = route.opt.get(SCOPE, Scope.READ)
+    if needed is None:
+        return
+    service: Service = connection.app.state.service
+    scheme, _, secret = connection.headers.get("authorization", "").partition(" ")
+    token = service.tokens.find(secret.strip()) if scheme.lower() == "bearer" else None
+    if token is None:
+        raise NotAuthorizedException("a bearer token is needed: `ledger token show` prints them")
+    if not token.allows(needed):
+        raise PermissionDeniedException(f"token {token.name!r} may only read")
+    connection.state.token = token
+
+
+def _operation_route(operation: type[Operation], summary: str) -> HTTPRouteHandler:
+    async def perform(
+        data: Operation,
+        request: Request[Any, Any, Any],
+        service: Service,
+        idempotency_key: IdempotencyKey = None,
+    ) -> OperationResult:
+        token: Token = request.state.token
+        origin = Origin(
+            actor=token.name,
+            key=idempotency_key,
+            digest=None if idempotency_key is None else data.digest(),
+        )
+        result: OperationResult = await data.apply(service.running(), origin)
+        return result
+
+    # The route's body type is the operation's own Struct: Litestar decodes and
+    # validates it, and the schema shows its fields.
+    perform.__annotations__["data"] = operation
+    perform.__name__ = perform.__qualname__ = operation.__name__.lower()
+    return post(
+        operation.path,
+        status_code=HTTPStatus.OK,
+        summary=summary,
+        opt=WRITE,
+    )(perform)
+
+
+@get("/health", opt={SCOPE: None}, summary="The process is alive (no token needed).")
+async def health() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    ready: bool
+    epoch: int | None = None
+
+
+@get("/ready", opt=READ, summary="Whether the lease is held and recovery has finished.")
+async def ready(service: Service) -> Response[Readiness]:
+    engine = service.engine
+    answer = Readiness(ready=service.ready, epoch=None if engine is None else engine.epoch)
+    status = HTTPStatus.OK if answer.ready else HTTPStatus.SERVICE_UNAVAILABLE
+    return Response(answer, status_code=status)
+
+
+@get(
+    "/metrics",
+    opt=READ,
+    summary="Counters in the Prometheus text format.",
+    media_type=MediaType.TEXT,
+)
+async def metrics(service: Service) -> Response[str]:
+    return Response(
+        service.metrics.render(service.engine),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+@get("/positions", opt=READ, summary="Open positions (all with include_closed).")
+async def positions(
+    service: Service,
+    account: str | None = None,
+    include_closed: bool = False,  # noqa: FBT001, FBT002 - a query parameter
+) -> list[PositionRow]:
+    return await service.read(
+        lambda store: queries.positions(store, account=account, include_closed=include_closed)
+    )
+
+
+@get("/balances", opt=READ, summary="Balances: total, reserved, committed and available.")
+async def balances(service: Service, account: str | None = None) -> list[BalanceRow]:
+    return await service.read(lambda store: queries.balances(store, account=account))
+
+
+@get("/wal/pending", opt=READ, summary="Intents not yet completed, failed or rolled back.")
+async def pending(service: Service) -> list[PendingIntentRow]:
+    return await service.read(queries.pending_intents)
+
+
+@get("/wal/{intent_id:uuid}", opt=READ, summary="One intent's lifecycle, evidence and events.")
+async def intent(service: Service, intent_id: UUID) -> Lifecycle:
+    return await service.read(lambda store: lifecycle(store, intent_id))
+
+
+@get("/limits", opt=READ, summary="Each account's limits and today's use of them.")
+async def limits(service: Service) -> list[LimitsRow]:
+    return await service.read(every_limits_row)
+
+
+@get("/kill-switch", opt=READ, summary="Every kill switch, over all accounts and each one.")
+async def kill_switch(service: Service) -> list[SwitchRow]:
+    return await service.read(switch_rows)
+
+
+@get(
+    "/reconciliation/plan",
+    opt=READ,
+    summary="What reconciliation would change now (nothing is applied).",
+)
+async def reconciliation_plan(service: Service) -> Report:
+    return await reconcile(
+        service.running(), trigger=Trigger.OPERATOR, apply=Apply.NOTHING, policy=service.policy
+    )
+
+
+def build_app(service: Service) -> Litestar:
+    routes: list[HTTPRouteHandler] = [
+        *(_operation_route(operation, summary) for operation, summary in OPERATIONS),
+        health,
+        ready,
+        metrics,
+        positions,
+        balances,
+        pending,
+        intent,
+        limits,
+        kill_switch,
+        reconciliation_plan,
+    ]
+    app = Litestar(
+        route_handlers=routes,
+        guards=[authorise],
+        dependencies={"service": Provide(lambda: service, sync_to_thread=False, use_cache=True)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="ledger",
+            version="1",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )
+    app.state.service = service
+    return app
