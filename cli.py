@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from adapters.store import DEFAULT_STORE_URL
-from commands import controls, history, operations, reconcile, run, status, views
+from commands import controls, history, operations, reconcile, run, status, tokens, views
 from commands.audit import audit_app
 from commands.broker import broker_app
 from commands.shared import JsonOption, StoreOption, errors_as_exit_codes, open_store, print_json
@@ -36,6 +36,7 @@ views.register(app)
 reconcile.register(app, wal_app)
 history.register(app, wal_app)
 app.command("run")(run.run)
+tokens.register(app)
 
 
 @app.callback()

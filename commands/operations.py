@@ -1,4 +1,8 @@
-"""One-shot operations: each starts a short-lived engine, does one thing, and exits.
+"""One-shot operations: each does one thing and exits.
+
+When an engine runs on the store (it holds the lease), the operation goes
+through that engine's API; otherwise a short-lived engine starts, does
+it, and stops. The output and exit codes are the same either way.
 
 Exit codes: 0 done; 1 refused or rejected (nothing kept but the failed
 intent); 2 usage; 3 the outcome is unknown (the intent stays in flight
@@ -8,7 +12,6 @@ for recovery) or the store or broker is unavailable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
 
@@ -16,12 +19,29 @@ import anyio
 import typer
 
 from adapters.bootstrap import open_engine
+from adapters.http.client import NoEngine, running_engine, send
+from adapters.http.operations import (
+    ClosePosition,
+    Deposit,
+    OpenPosition,
+    Operation,
+    SetStopLoss,
+    SetTakeProfit,
+    Withdrawal,
+)
 from adapters.paper.settings import DEFAULT_BROKER_URL
 from adapters.store import DEFAULT_STORE_URL
-from commands.shared import BrokerOption, JsonOption, StoreOption, errors_as_exit_codes, print_json
-from ledger.engine import Engine
+from commands.shared import (
+    BrokerOption,
+    JsonOption,
+    StoreOption,
+    errors_as_exit_codes,
+    operator_name,
+    print_json,
+)
 from ledger.errors import InvalidValue
 from ledger.instruments import Side
+from ledger.origin import Origin
 from ledger.results import OperationResult
 
 Account = Annotated[str, typer.Argument(help="The ledger account.")]
@@ -35,18 +55,16 @@ class OrderSide(enum.StrEnum):
     SELL = "sell"
 
 
-def run_operation(
-    store: str,
-    broker: str,
-    operation: Callable[[Engine], Awaitable[OperationResult]],
-    *,
-    as_json: bool,
-) -> None:
-    async def once() -> OperationResult:
-        async with open_engine(store=store, broker=broker) as engine:
-            return await operation(engine)
+def run_operation(store: str, broker: str, operation: Operation, *, as_json: bool) -> None:
+    """Carry out `operation`: through the running engine if one answers, else in one of its own."""
+    result = _through_running_engine(store, operation)
+    if result is None:
 
-    result = anyio.run(once)
+        async def once() -> OperationResult:
+            async with open_engine(store=store, broker=broker) as engine:
+                return await operation.apply(engine, Origin(actor=operator_name()))
+
+        result = anyio.run(once)
     if as_json:
         print_json(result)
         return
@@ -58,6 +76,17 @@ def run_operation(
     if result.pnl is not None:
         parts.append(f"P&L {result.pnl}")
     typer.echo("; ".join(parts))
+
+
+def _through_running_engine(store: str, operation: Operation) -> OperationResult | None:
+    """The running engine's answer, or None when no engine serves the store."""
+    address = running_engine(store)
+    if address is None:
+        return None
+    try:
+        return send(store, address, operation)
+    except NoEngine:
+        return None
 
 
 def position_id(text: str) -> UUID:
@@ -77,7 +106,8 @@ def deposit(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Credit an account in the ledger (opening it in that currency if it is new)."""
-    run_operation(store, broker, lambda e: e.deposit(account, amount, currency), as_json=as_json)
+    operation = Deposit(account=account, amount=amount, currency=currency)
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 @errors_as_exit_codes
@@ -90,7 +120,8 @@ def withdraw(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Debit an account; refused if it would take available funds below zero."""
-    run_operation(store, broker, lambda e: e.withdraw(account, amount, currency), as_json=as_json)
+    operation = Withdrawal(account=account, amount=amount, currency=currency)
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 @errors_as_exit_codes
@@ -107,14 +138,15 @@ def open_position(
 ) -> None:
     """Open a position with a market order."""
     position_side = Side.LONG if side is OrderSide.BUY else Side.SHORT
-    run_operation(
-        store,
-        broker,
-        lambda e: e.open_position(
-            account, symbol, position_side, quantity, stop_loss=stop_loss, take_profit=take_profit
-        ),
-        as_json=as_json,
+    operation = OpenPosition(
+        account=account,
+        symbol=symbol,
+        side=position_side,
+        quantity=quantity,
+        stop_loss=stop_loss,
+        take_profit=take_profit,
     )
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 @errors_as_exit_codes
@@ -128,8 +160,8 @@ def close_position(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Close a position, or part of it."""
-    target = position_id(position)
-    run_operation(store, broker, lambda e: e.close_position(target, quantity), as_json=as_json)
+    operation = ClosePosition(position_id=position_id(position), quantity=quantity)
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 @errors_as_exit_codes
@@ -141,8 +173,8 @@ def set_stop_loss(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Move a position's stop-loss."""
-    target = position_id(position)
-    run_operation(store, broker, lambda e: e.change_stop_loss(target, price), as_json=as_json)
+    operation = SetStopLoss(position_id=position_id(position), price=price)
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 @errors_as_exit_codes
@@ -154,8 +186,8 @@ def set_take_profit(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Move a position's take-profit."""
-    target = position_id(position)
-    run_operation(store, broker, lambda e: e.change_take_profit(target, price), as_json=as_json)
+    operation = SetTakeProfit(position_id=position_id(position), price=price)
+    run_operation(store, broker, operation, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -65,7 +65,9 @@ def run(
     policy: PolicyOption = ProtectionPolicy.RESTORE,
     http: Annotated[
         str,
-        typer.Option("--http", help="Serve the API on HOST:PORT (port 0: any free port)."),
+        typer.Option(
+            "--http", envvar="LEDGER_HTTP", help="Serve the API on HOST:PORT (port 0: any free port)."
+        ),
     ] = DEFAULT_ADDRESS,
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve no API.")] = False,  # noqa: FBT002
 ) -> None:

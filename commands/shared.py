@@ -29,6 +29,9 @@ import msgspec
 import typer
 from eventsourcing.persistence import MapperDeserialisationError
 
+from adapters.http.client import ApiFailure
+from adapters.http.server import AddressError
+from adapters.http.tokens import TokenError
 from adapters.paper.broker import PaperBroker
 from adapters.paper.settings import BrokerURLError
 from adapters.paper.tables import PaperBrokerError
@@ -82,6 +85,10 @@ def errors_as_exit_codes(command: Callable[P, None]) -> Callable[P, None]:
         except LedgerError as error:
             fail(str(error), EXIT_REFUSED)
         except (StoreError, BrokerURLError, PaperBrokerError, NotDurableError) as error:
+            fail(str(error), EXIT_UNAVAILABLE)
+        except ApiFailure as error:
+            fail(str(error), EXIT_UNAVAILABLE if error.unavailable else EXIT_REFUSED)
+        except (TokenError, AddressError) as error:
             fail(str(error), EXIT_UNAVAILABLE)
         except MapperDeserialisationError as error:
             # A stored event that does not decode: the store cannot be read as it is.

@@ -20,6 +20,10 @@ settings.load_profile("ledger")
 
 POSTGRES_URL_VARIABLE = "LEDGER_TEST_POSTGRES_URL"
 
+# Engines the tests run serve their API on any free port, never on the
+# default one another engine on this machine may hold.
+os.environ["LEDGER_HTTP"] = "127.0.0.1:0"
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:

@@ -16,7 +16,7 @@ from tests.test_cli import LEDGER, ledger
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_demo_cleanly_with_a_summary(tmp_path, stop):
     with subprocess.Popen(
-        [str(LEDGER), "run", "--demo"],
+        [str(LEDGER), "run", "--demo", "--http", "127.0.0.1:0"],
         cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")},
         stdout=subprocess.PIPE,
@@ -39,7 +39,7 @@ def test_a_signal_stops_the_demo_cleanly_with_a_summary(tmp_path, stop):
 
 def test_run_without_demo_holds_the_lease_until_its_duration_ends(tmp_path):
     with subprocess.Popen(
-        [str(LEDGER), "run", "--duration", "3"],
+        [str(LEDGER), "run", "--duration", "3", "--no-http"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

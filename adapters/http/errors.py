@@ -99,6 +99,8 @@ def ledger_error(_: Request[Any, Any, Any], error: LedgerError) -> Response[byte
 
 def http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
     code = next(c for kind, c in HTTP_ERRORS if isinstance(error, kind))
+    if code == "http_error" and error.status_code == HTTPStatus.BAD_REQUEST:
+        code = "malformed_request"  # e.g. a body that is not JSON at all
     message = str(error.detail)
     if isinstance(error, ValidationException) and isinstance(error.extra, list) and error.extra:
         # The first problem msgspec found, e.g. "Expected `str`, got `int` - at `$.amount`".
