@@ -66,7 +66,9 @@ def run(
     http: Annotated[
         str,
         typer.Option(
-            "--http", envvar="LEDGER_HTTP", help="Serve the API on HOST:PORT (port 0: any free port)."
+            "--http",
+            envvar="LEDGER_HTTP",
+            help="Serve the API on HOST:PORT (port 0: any free port).",
         ),
     ] = DEFAULT_ADDRESS,
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve no API.")] = False,  # noqa: FBT002

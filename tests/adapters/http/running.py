@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -30,7 +30,7 @@ class RunningEngine:
         self.url = ""
         self.tokens: dict[str, str] = {}
 
-    def __enter__(self) -> RunningEngine:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -108,15 +108,16 @@ class RunningEngine:
         method: str,
         path: str,
         *,
-        token: str | None = "operator",
+        who: str | None = "operator",
         body: Any = None,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
         sent = dict(headers or {})
-        if token is not None:
-            sent["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
+        if who is not None:
+            # `who` names a token of the file, or is taken as a secret as it is.
+            sent["Authorization"] = f"Bearer {self.tokens.get(who, who)}"
         return httpx.request(
             method,
             self.url + path,

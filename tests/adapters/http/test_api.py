@@ -61,23 +61,23 @@ def fund_broker(engine: RunningEngine, amount: str = "1000000") -> None:
 
 
 def test_health_needs_no_token_and_every_other_route_does(engine):
-    assert engine.call("GET", "/health", token=None).json() == {"status": "alive"}
+    assert engine.call("GET", "/health", who=None).json() == {"status": "alive"}
     for path in READ_ROUTES:
         for token in (None, "not-a-token"):
-            answer = engine.call("GET", path, token=token)
+            answer = engine.call("GET", path, who=token)
             assert answer.status_code == 401, path
             assert answer.json()["code"] == "unauthorized"
             assert answer.headers["www-authenticate"] == "Bearer"
     for path, body in WRITE_ROUTES:
-        answer = engine.call("POST", path, token=None, body=body)
+        answer = engine.call("POST", path, who=None, body=body)
         assert answer.status_code == 401, path
 
 
 def test_a_read_token_reads_and_cannot_write(engine):
-    assert engine.call("GET", "/balances", token="reader").status_code == 200
+    assert engine.call("GET", "/balances", who="reader").status_code == 200
     before = engine.event_count()
     for path, body in WRITE_ROUTES:
-        answer = engine.call("POST", path, token="reader", body=body)
+        answer = engine.call("POST", path, who="reader", body=body)
         assert answer.status_code == 403, path
         assert answer.json() == {"code": "forbidden", "message": "token 'reader' may only read"}
     assert engine.event_count() == before
@@ -270,9 +270,9 @@ def test_rotating_tokens_takes_effect_on_the_running_engine(engine):
         "token", "rotate", "--name", "operator", "--store", engine.store_url, cwd=engine.folder
     )
     assert rotated.returncode == 0, rotated.stderr
-    assert engine.call("GET", "/balances", token=old).status_code == 401
+    assert engine.call("GET", "/balances", who=old).status_code == 401
     new = ledger("token", "show", "--json", "--store", engine.store_url, cwd=engine.folder)
     secrets = {t["name"]: t["secret"] for t in json.loads(new.stdout)}
     assert secrets["operator"] != old
-    assert engine.call("GET", "/balances", token=secrets["operator"]).status_code == 200
-    assert engine.call("GET", "/balances", token="reader").status_code == 200
+    assert engine.call("GET", "/balances", who=secrets["operator"]).status_code == 200
+    assert engine.call("GET", "/balances", who="reader").status_code == 200

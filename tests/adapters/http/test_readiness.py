@@ -46,7 +46,7 @@ def test_ready_is_false_until_recovery_has_finished(tmp_path):
         )
         assert refused.status_code == 503
         assert refused.json()["code"] == "not_ready"
-        assert engine.call("GET", "/health", token=None).status_code == 200
+        assert engine.call("GET", "/health", who=None).status_code == 200
         engine.wait_ready()
         assert time.monotonic() - started > 1  # it did wait for recovery
         assert engine.call("GET", "/ready").json() == {"ready": True, "epoch": 2}
