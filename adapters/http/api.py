@@ -17,7 +17,11 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -42,6 +46,10 @@ from recovery.recover import Report, reconcile
 
 SCOPE = "scope"
 """The key in a route's `opt` naming the scope it needs (read if unnamed); None: no token."""
+QUERY = "query"
+"""The key in a route's `opt` naming the query parameters it takes; any other is refused."""
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+"""The OpenAPI security of every route but /health."""
 READ = {SCOPE: Scope.READ}
 WRITE = {SCOPE: Scope.WRITE}
 
@@ -58,7 +66,14 @@ IdempotencyKey = Annotated[
 
 
 def authorise(connection: ASGIConnection[Any, Any, Any, Any], route: BaseRouteHandler) -> None:
-    """The guard of every route: a known bearer token, with the scope the route needs."""
+    """The guard of every route: a known bearer token, with the scope the route needs.
+
+    It also refuses query parameters the route does not take: a misspelt
+    filter must not silently answer for everything.
+    """
+    unknown = sorted(set(connection.query_params) - set(route.opt.get(QUERY, ())))
+    if unknown:
+        raise ValidationException(f"unknown query parameter {unknown[0]!r}")
     needed = route.opt.get(SCOPE, Scope.READ)
     if needed is None:
         return
@@ -97,6 +112,7 @@ def _operation_route(operation: type[Operation], summary: str) -> HTTPRouteHandl
         status_code=HTTPStatus.OK,
         summary=summary,
         opt=WRITE,
+        security=BEARER,
     )(perform)
 
 
@@ -110,7 +126,12 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int | None = None
 
 
-@get("/ready", opt=READ, summary="Whether the lease is held and recovery has finished.")
+@get(
+    "/ready",
+    security=BEARER,
+    opt=READ,
+    summary="Whether the lease is held and recovery has finished.",
+)
 async def ready(service: Service) -> Response[Readiness]:
     engine = service.engine
     answer = Readiness(ready=service.ready, epoch=None if engine is None else engine.epoch)
@@ -131,7 +152,11 @@ async def metrics(service: Service) -> Response[str]:
     )
 
 
-@get("/positions", opt=READ, summary="Open positions (all with include_closed).")
+@get(
+    "/positions",
+    opt={**READ, QUERY: ("account", "include_closed")},
+    summary="Open positions (all with include_closed).",
+)
 async def positions(
     service: Service,
     account: str | None = None,
@@ -142,27 +167,46 @@ async def positions(
     )
 
 
-@get("/balances", opt=READ, summary="Balances: total, reserved, committed and available.")
+@get(
+    "/balances",
+    opt={**READ, QUERY: ("account",)},
+    summary="Balances: total, reserved, committed and available.",
+)
 async def balances(service: Service, account: str | None = None) -> list[BalanceRow]:
     return await service.read(lambda store: queries.balances(store, account=account))
 
 
-@get("/wal/pending", opt=READ, summary="Intents not yet completed, failed or rolled back.")
+@get(
+    "/wal/pending",
+    security=BEARER,
+    opt=READ,
+    summary="Intents not yet completed, failed or rolled back.",
+)
 async def pending(service: Service) -> list[PendingIntentRow]:
     return await service.read(queries.pending_intents)
 
 
-@get("/wal/{intent_id:uuid}", opt=READ, summary="One intent's lifecycle, evidence and events.")
+@get(
+    "/wal/{intent_id:uuid}",
+    security=BEARER,
+    opt=READ,
+    summary="One intent's lifecycle, evidence and events.",
+)
 async def intent(service: Service, intent_id: UUID) -> Lifecycle:
     return await service.read(lambda store: lifecycle(store, intent_id))
 
 
-@get("/limits", opt=READ, summary="Each account's limits and today's use of them.")
+@get("/limits", security=BEARER, opt=READ, summary="Each account's limits and today's use of them.")
 async def limits(service: Service) -> list[LimitsRow]:
     return await service.read(every_limits_row)
 
 
-@get("/kill-switch", opt=READ, summary="Every kill switch, over all accounts and each one.")
+@get(
+    "/kill-switch",
+    security=BEARER,
+    opt=READ,
+    summary="Every kill switch, over all accounts and each one.",
+)
 async def kill_switch(service: Service) -> list[SwitchRow]:
     return await service.read(switch_rows)
 
@@ -205,7 +249,6 @@ def build_app(service: Service) -> Litestar:
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
-            security=[{"bearer": []}],
         ),
         debug=False,
     )
