@@ -34,6 +34,7 @@ from ledger.intent import (
     ProtectionChange,
 )
 from ledger.money import Money
+from ledger.origin import Origin
 from ledger.position import position_id
 
 
@@ -60,6 +61,8 @@ class Lifecycle(msgspec.Struct, frozen=True, kw_only=True):
     reservation: Money | None
     broker_time: datetime | None
     """The broker's clock when the intent was recorded, when it was read."""
+    origin: Origin | None
+    """Who asked for it (a token's name, an operator) and its idempotency key, if it had one."""
     recorded_at: datetime
     submitted_at: datetime | None
     resolved_at: datetime | None
@@ -123,6 +126,7 @@ def lifecycle(store: Store, intent_id: UUID) -> Lifecycle:
         epoch=intent.epoch,
         reservation=intent.reservation,
         broker_time=intent.broker_time,
+        origin=intent.origin,
         recorded_at=intent.recorded_at,
         submitted_at=submitted_at,
         resolved_at=intent.resolved_at,

@@ -37,6 +37,7 @@ from commands.shared import (
 from commands.views import progress_bar, view_errors
 from ledger.account import validate_account_name
 from ledger.errors import InvalidValue
+from ledger.origin import Origin
 from projections.rebuild import Progress
 
 P = ParamSpec("P")
@@ -282,6 +283,7 @@ def show_lifecycle(found: Lifecycle) -> None:
     facts = [
         ("intent", f"{found.intent_id} {found.kind} {found.status}"),
         ("account", found.account),
+        ("asked by", _asked_by(found.origin)),
         ("client id", found.client_id),
         ("request", msgspec.json.encode(found.payload).decode()),
         ("reservation", reservation),
@@ -306,6 +308,12 @@ def show_lifecycle(found: Lifecycle) -> None:
         typer.echo(describe(record))
     if not found.produced:
         typer.echo("(none)")
+
+
+def _asked_by(origin: Origin | None) -> str:
+    if origin is None:
+        return "-"
+    return origin.actor + ("" if origin.key is None else f" (idempotency key {origin.key!r})")
 
 
 def _after(moment: datetime | None, seconds: float | None, since: str) -> str:

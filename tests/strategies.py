@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ledger.events import Event
 from ledger.instruments import Funding, Instrument
 from ledger.money import CURRENCIES, Money
+from ledger.origin import Origin
 
 currency_codes = st.sampled_from(sorted(CURRENCIES))
 
@@ -57,12 +58,22 @@ def instruments(draw: st.DrawFn) -> Instrument:
     )
 
 
+printable = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
+origins = st.builds(
+    lambda actor, key: Origin(actor=actor, key=key, digest=None if key is None else "d" * 64),
+    actor=printable,
+    key=st.none() | printable,
+)
+
+
 def strategy_for(hint: Any) -> st.SearchStrategy[Any]:  # noqa: PLR0911, C901 - one per kind of type
     """A strategy for a field's type, with the ledger's rules for money, time and text."""
     if hint is Money:
         return money()
     if hint is Instrument:
         return instruments()
+    if hint is Origin:
+        return origins
     if hint is Decimal:
         return decimals
     if hint is datetime:

@@ -26,7 +26,7 @@ from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 
 from adapters.http.errors import EXCEPTION_HANDLERS
 from adapters.http.operations import OPERATIONS, Operation
@@ -55,8 +55,8 @@ WRITE = {SCOPE: Scope.WRITE}
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         description="Makes a write safe to send again: same key and body, same answer.",
         min_length=1,
         max_length=128,

@@ -55,6 +55,7 @@ def test_stored_names_do_not_depend_on_the_module_path():
             "controls",
             "refusal",
             "breaker",
+            "request",
         }
 
 
