@@ -14,8 +14,11 @@ from pathlib import Path
 from adapters.store import StoreKind, parse_store_url
 
 
-def beside_store(store_url: str, suffix: str) -> Path:
-    """The file `suffix` of the store at `store_url` (e.g. ".tokens")."""
+def beside_store(store_url: str, suffix: str, home: Path | None = None) -> Path:
+    """The file `suffix` of the store at `store_url` (e.g. ".tokens").
+
+    `home` is where a PostgreSQL store's files go (default: LEDGER_HOME).
+    """
     location = parse_store_url(store_url)
     if location.kind is StoreKind.SQLITE and location.path is not None:
         return location.path.with_name(location.path.name + suffix)
@@ -25,7 +28,8 @@ def beside_store(store_url: str, suffix: str) -> Path:
         + ([env["POSTGRES_SCHEMA"]] if env.get("POSTGRES_SCHEMA") else [])
     )
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    return Path(os.environ.get("LEDGER_HOME") or ".") / f"ledger-{safe}{suffix}"
+    folder = home or Path(os.environ.get("LEDGER_HOME") or ".")
+    return folder / f"ledger-{safe}{suffix}"
 
 
 def write_private(path: Path, content: bytes) -> None:

@@ -12,6 +12,9 @@ from typing import Any, Self
 
 import httpx
 
+from adapters.http.beside import beside_store
+from adapters.http.server import ADDRESS_SUFFIX
+from adapters.http.tokens import TOKENS_SUFFIX
 from adapters.store import Store
 from tests.terminal import LEDGER
 
@@ -25,7 +28,8 @@ class RunningEngine:
         self.folder = folder
         self.store_url = store_url or f"sqlite:///{folder / 'ledger.db'}"
         self.broker_url = f"paper:///{folder / 'broker.db'}{broker_query}"
-        self.address_file = folder / "ledger.db.engine"
+        self.address_file = beside_store(self.store_url, ADDRESS_SUFFIX, home=folder)
+        self.token_file = beside_store(self.store_url, TOKENS_SUFFIX, home=folder)
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.tokens: dict[str, str] = {}
@@ -60,7 +64,8 @@ class RunningEngine:
                 "0",
             ],
             cwd=self.folder,
-            env={k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")},
+            env={k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+            | {"LEDGER_HOME": str(self.folder)},
             stdout=subprocess.DEVNULL,
             stderr=errors,
             text=True,
@@ -82,8 +87,8 @@ class RunningEngine:
                 raise AssertionError("ledger run did not announce its API")
             time.sleep(0.05)
         self.url = address["url"]
-        token_file = Path(f"{self.folder / 'ledger.db'}.tokens")
-        self.tokens = {t["name"]: t["secret"] for t in json.loads(token_file.read_text())["tokens"]}
+        tokens = json.loads(self.token_file.read_text())["tokens"]
+        self.tokens = {token["name"]: token["secret"] for token in tokens}
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -156,10 +156,14 @@ def test_the_actor_of_a_write_is_the_token_name(engine):
     assert intent.origin.actor == "operator"
 
 
-def test_an_idempotency_key_replays_the_first_answer_also_after_a_restart_and_a_kill(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_idempotency_key_replays_the_first_answer_also_after_a_restart_and_a_kill(
+    tmp_path, request, kind
+):
+    store_url = None if kind == "sqlite" else request.getfixturevalue("postgres_url")
     body = {"account": "main", "symbol": "BTCUSD", "side": "long", "quantity": "0.01"}
     key = {"Idempotency-Key": "order-1"}
-    with RunningEngine(tmp_path) as engine:
+    with RunningEngine(tmp_path, store_url=store_url) as engine:
         engine.wait_ready()
         fund_broker(engine)
         engine.call(
