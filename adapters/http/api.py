@@ -23,12 +23,12 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import HeaderParameter
 
-from adapters.http.errors import EXCEPTION_HANDLERS
+from adapters.http.errors import EXCEPTION_HANDLERS, ApiError
 from adapters.http.operations import OPERATIONS, Operation
 from adapters.http.service import Service
 from adapters.http.tokens import Scope, Token
@@ -50,6 +50,28 @@ QUERY = "query"
 """The key in a route's `opt` naming the query parameters it takes; any other is refused."""
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 """The OpenAPI security of every route but /health."""
+ERRORS: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "malformed_request: not JSON, a wrong type, an unknown field",
+    HTTPStatus.UNAUTHORIZED: "unauthorized: no bearer token, or an unknown one",
+    HTTPStatus.FORBIDDEN: "forbidden: a read token on a write",
+    HTTPStatus.NOT_FOUND: "not_found: no such account, position or intent",
+    HTTPStatus.CONFLICT: "idempotency_key_reused, request_in_flight, frozen, illegal_transition",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "invalid_value, insufficient_funds, refused, rejected",
+    HTTPStatus.SERVICE_UNAVAILABLE: "not_ready: recovery has not finished; store_unavailable",
+    HTTPStatus.GATEWAY_TIMEOUT: "outcome_unknown: the intent stays in flight for recovery",
+}
+"""What every failure may be; its body is always an `ApiError`."""
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(data_container=ApiError, description=ERRORS[status])
+        for status in statuses
+    }
+
+
+READ_ERRORS = _errors(400, 401, 404, 503)
+WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422, 503, 504)
 READ = {SCOPE: Scope.READ}
 WRITE = {SCOPE: Scope.WRITE}
 
@@ -113,6 +135,7 @@ def _operation_route(operation: type[Operation], summary: str) -> HTTPRouteHandl
         summary=summary,
         opt=WRITE,
         security=BEARER,
+        responses=WRITE_ERRORS,
     )(perform)
 
 
@@ -128,6 +151,7 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
 
 @get(
     "/ready",
+    responses=READ_ERRORS,
     security=BEARER,
     opt=READ,
     summary="Whether the lease is held and recovery has finished.",
@@ -141,6 +165,7 @@ async def ready(service: Service) -> Response[Readiness]:
 
 @get(
     "/metrics",
+    responses=READ_ERRORS,
     opt=READ,
     summary="Counters in the Prometheus text format.",
     media_type=MediaType.TEXT,
@@ -154,6 +179,7 @@ async def metrics(service: Service) -> Response[str]:
 
 @get(
     "/positions",
+    responses=READ_ERRORS,
     opt={**READ, QUERY: ("account", "include_closed")},
     summary="Open positions (all with include_closed).",
 )
@@ -169,6 +195,7 @@ async def positions(
 
 @get(
     "/balances",
+    responses=READ_ERRORS,
     opt={**READ, QUERY: ("account",)},
     summary="Balances: total, reserved, committed and available.",
 )
@@ -178,6 +205,7 @@ async def balances(service: Service, account: str | None = None) -> list[Balance
 
 @get(
     "/wal/pending",
+    responses=READ_ERRORS,
     security=BEARER,
     opt=READ,
     summary="Intents not yet completed, failed or rolled back.",
@@ -188,6 +216,7 @@ async def pending(service: Service) -> list[PendingIntentRow]:
 
 @get(
     "/wal/{intent_id:uuid}",
+    responses=READ_ERRORS,
     security=BEARER,
     opt=READ,
     summary="One intent's lifecycle, evidence and events.",
@@ -196,13 +225,20 @@ async def intent(service: Service, intent_id: UUID) -> Lifecycle:
     return await service.read(lambda store: lifecycle(store, intent_id))
 
 
-@get("/limits", security=BEARER, opt=READ, summary="Each account's limits and today's use of them.")
+@get(
+    "/limits",
+    responses=READ_ERRORS,
+    security=BEARER,
+    opt=READ,
+    summary="Each account's limits and today's use of them.",
+)
 async def limits(service: Service) -> list[LimitsRow]:
     return await service.read(every_limits_row)
 
 
 @get(
     "/kill-switch",
+    responses=READ_ERRORS,
     security=BEARER,
     opt=READ,
     summary="Every kill switch, over all accounts and each one.",
@@ -213,6 +249,7 @@ async def kill_switch(service: Service) -> list[SwitchRow]:
 
 @get(
     "/reconciliation/plan",
+    responses=READ_ERRORS,
     opt=READ,
     summary="What reconciliation would change now (nothing is applied).",
 )

@@ -13,11 +13,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import negative_data_rejection
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.adapters.http.running import RunningEngine
 
 EXAMPLES = 30
+CHECKS = [
+    not_a_server_error,
+    negative_data_rejection,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+"""No 5xx; malformed requests refused; every answer as the schema documents it."""
 WRITTEN_WHEN_REFUSED = {"rejected", "refused"}
 """Refusals the audit trail keeps by design: a failed intent, a control's refusal record."""
 
@@ -47,9 +60,7 @@ def test_fuzzing_the_api_finds_no_server_error_and_rejections_write_nothing(tmp_
                     before = engine.event_count()
                     response = case.call(base_url=engine.url, headers=auth)
                     answered[response.status_code // 100] += 1
-                    case.validate_response(
-                        response, checks=[not_a_server_error, negative_data_rejection]
-                    )
+                    case.validate_response(response, checks=CHECKS)
                     if 400 <= response.status_code < 500:
                         error = response.json()
                         assert set(error) >= {"code", "message"}, response.text
