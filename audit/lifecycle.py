@@ -20,6 +20,7 @@ from audit.records import Record, intent_of, record_of
 from audit.state import folded
 from ledger.account import AccountOpened
 from ledger.errors import NotFound
+from ledger.idempotency import request_id
 from ledger.intent import (
     CloseRequest,
     Evidence,
@@ -78,7 +79,8 @@ class Lifecycle(msgspec.Struct, frozen=True, kw_only=True):
     steps: list[Record]
     """The intent's own events."""
     produced: list[Record]
-    """The account and position events that name the intent, in log order."""
+    """The account and position events that name the intent, and the record of its
+    idempotency key if it had one, in log order."""
 
 
 def lifecycle(store: Store, intent_id: UUID) -> Lifecycle:
@@ -114,6 +116,13 @@ def lifecycle(store: Store, intent_id: UUID) -> Lifecycle:
                 account = event.name
             elif intent_of(event) == intent_id:
                 produced.append(record_of(sequence, event))
+    origin = intent.origin
+    if origin is not None and origin.key is not None:
+        # The record of its idempotency key, and the answer kept with it.
+        produced.extend(
+            record_of(sequence, event)
+            for sequence, event in stream(store, request_id(origin.actor, origin.key))
+        )
     return Lifecycle(
         intent_id=intent.id,
         kind=intent.kind,

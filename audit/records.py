@@ -19,6 +19,7 @@ from ledger.account import ACCOUNT_EVENTS
 from ledger.breaker import BREAKER_EVENTS
 from ledger.controls import CONTROLS_EVENTS
 from ledger.events import Event
+from ledger.idempotency import REQUEST_EVENTS
 from ledger.intent import (
     INTENT_EVENTS,
     IntentCompleted,
@@ -41,6 +42,7 @@ class Kind(enum.StrEnum):
     CONTROLS = "controls"
     REFUSAL = "refusal"
     BREAKER = "breaker"
+    REQUEST = "request"
 
 
 KIND_OF: dict[str, Kind] = {
@@ -53,6 +55,7 @@ KIND_OF: dict[str, Kind] = {
         (Kind.CONTROLS, CONTROLS_EVENTS),
         (Kind.REFUSAL, REFUSAL_EVENTS),
         (Kind.BREAKER, BREAKER_EVENTS),
+        (Kind.REQUEST, REQUEST_EVENTS),
     )
     for cls in classes
 }

@@ -9,12 +9,17 @@ import sqlite3
 from contextlib import closing
 from uuid import uuid4
 
+import anyio
 import pytest
 from typer.testing import CliRunner
 
 from adapters.store import Store
+from audit.records import KIND_OF
 from cli import app
+from ledger.catalogue import EVENT_TYPES
+from ledger.origin import Origin
 from projections.database import Database
+from tests.ledger.test_engine import Setup
 from tests.projections.scenario import Scenario
 from tests.terminal import on_terminal
 from tests.test_cli import ledger
@@ -198,3 +203,30 @@ def test_replay_to_a_file_shows_progress_on_the_terminal(written, tmp_path):
     assert b"replaying" in shown
     assert b"events/s" in shown
     assert json.loads(output.splitlines()[-1])["state"]["sequence"] == 41
+
+
+def test_replay_and_wal_show_read_a_history_with_idempotency_keys(tmp_path):
+    setup = Setup(tmp_path)
+
+    async def keyed() -> str:
+        async with setup.engine() as engine:
+            origin = Origin(actor="bot", key="fund-1", digest="d" * 64)
+            result = await engine.deposit("main", "100", "USD", origin=origin)
+            await engine.deposit("main", "100", "USD", origin=origin)  # the same, again
+        return str(result.intent_id)
+
+    intent_id = anyio.run(keyed)
+    replayed = ledger("replay", "--json", "--store", setup.store_url, cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    types = [json.loads(line)["type"] for line in replayed.stdout.splitlines()[:-1]]
+    assert types.count("request.recorded") == 1
+    shown = json.loads(
+        ledger("wal", "show", intent_id, "--json", "--store", setup.store_url, cwd=tmp_path).stdout
+    )
+    assert shown["origin"] == {"actor": "bot", "key": "fund-1", "digest": "d" * 64}
+    assert "request.recorded" in [record["type"] for record in shown["produced"]]
+    assert ledger("audit", "verify", "--store", setup.store_url, cwd=tmp_path).returncode == 0
+
+
+def test_every_stored_event_type_has_a_kind_for_the_auditor():
+    assert set(KIND_OF) == {cls.stored_name for cls in EVENT_TYPES}

@@ -9,6 +9,7 @@ another body it is a 409.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
@@ -27,6 +28,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import HeaderParameter
+from litestar.types import AnyCallable
 
 from adapters.http.errors import EXCEPTION_HANDLERS, ApiError
 from adapters.http.operations import OPERATIONS, Operation
@@ -72,7 +74,6 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
 
 READ_ERRORS = _errors(400, 401, 404, 503)
 WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422, 503, 504)
-READ = {SCOPE: Scope.READ}
 WRITE = {SCOPE: Scope.WRITE}
 
 IdempotencyKey = Annotated[
@@ -90,12 +91,17 @@ IdempotencyKey = Annotated[
 def authorise(connection: ASGIConnection[Any, Any, Any, Any], route: BaseRouteHandler) -> None:
     """The guard of every route: a known bearer token, with the scope the route needs.
 
-    It also refuses query parameters the route does not take: a misspelt
-    filter must not silently answer for everything.
+    It also refuses query parameters the route does not take, or given
+    twice: a misspelt or doubled filter must not silently answer for
+    something else.
     """
-    unknown = sorted(set(connection.query_params) - set(route.opt.get(QUERY, ())))
+    query = connection.query_params
+    unknown = sorted(set(query) - set(route.opt.get(QUERY, ())))
     if unknown:
         raise ValidationException(f"unknown query parameter {unknown[0]!r}")
+    repeated = sorted(name for name in query if len(query.getall(name)) > 1)
+    if repeated:
+        raise ValidationException(f"query parameter {repeated[0]!r} is given more than once")
     needed = route.opt.get(SCOPE, Scope.READ)
     if needed is None:
         return
@@ -107,6 +113,20 @@ def authorise(connection: ASGIConnection[Any, Any, Any, Any], route: BaseRouteHa
     if not token.allows(needed):
         raise PermissionDeniedException(f"token {token.name!r} may only read")
     connection.state.token = token
+
+
+def reading(
+    path: str, summary: str, *, query: tuple[str, ...] = (), media_type: str = MediaType.JSON
+) -> Callable[[AnyCallable], HTTPRouteHandler]:
+    """A read route: a read token, the query parameters it takes, and its errors documented."""
+    return get(
+        path,
+        opt={SCOPE: Scope.READ, QUERY: query},
+        security=BEARER,
+        responses=READ_ERRORS,
+        summary=summary,
+        media_type=media_type,
+    )
 
 
 def _operation_route(operation: type[Operation], summary: str) -> HTTPRouteHandler:
@@ -149,13 +169,7 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int | None = None
 
 
-@get(
-    "/ready",
-    responses=READ_ERRORS,
-    security=BEARER,
-    opt=READ,
-    summary="Whether the lease is held and recovery has finished.",
-)
+@reading("/ready", "Whether the lease is held and recovery has finished.")
 async def ready(service: Service) -> Response[Readiness]:
     engine = service.engine
     answer = Readiness(ready=service.ready, epoch=None if engine is None else engine.epoch)
@@ -163,13 +177,7 @@ async def ready(service: Service) -> Response[Readiness]:
     return Response(answer, status_code=status)
 
 
-@get(
-    "/metrics",
-    responses=READ_ERRORS,
-    opt=READ,
-    summary="Counters in the Prometheus text format.",
-    media_type=MediaType.TEXT,
-)
+@reading("/metrics", "Counters in the Prometheus text format.", media_type=MediaType.TEXT)
 async def metrics(service: Service) -> Response[str]:
     return Response(
         service.metrics.render(service.engine),
@@ -177,11 +185,8 @@ async def metrics(service: Service) -> Response[str]:
     )
 
 
-@get(
-    "/positions",
-    responses=READ_ERRORS,
-    opt={**READ, QUERY: ("account", "include_closed")},
-    summary="Open positions (all with include_closed).",
+@reading(
+    "/positions", "Open positions (all with include_closed).", query=("account", "include_closed")
 )
 async def positions(
     service: Service,
@@ -193,66 +198,32 @@ async def positions(
     )
 
 
-@get(
-    "/balances",
-    responses=READ_ERRORS,
-    opt={**READ, QUERY: ("account",)},
-    summary="Balances: total, reserved, committed and available.",
-)
+@reading("/balances", "Balances: total, reserved, committed and available.", query=("account",))
 async def balances(service: Service, account: str | None = None) -> list[BalanceRow]:
     return await service.read(lambda store: queries.balances(store, account=account))
 
 
-@get(
-    "/wal/pending",
-    responses=READ_ERRORS,
-    security=BEARER,
-    opt=READ,
-    summary="Intents not yet completed, failed or rolled back.",
-)
+@reading("/wal/pending", "Intents not yet completed, failed or rolled back.")
 async def pending(service: Service) -> list[PendingIntentRow]:
     return await service.read(queries.pending_intents)
 
 
-@get(
-    "/wal/{intent_id:uuid}",
-    responses=READ_ERRORS,
-    security=BEARER,
-    opt=READ,
-    summary="One intent's lifecycle, evidence and events.",
-)
+@reading("/wal/{intent_id:uuid}", "One intent's lifecycle, evidence and events.")
 async def intent(service: Service, intent_id: UUID) -> Lifecycle:
     return await service.read(lambda store: lifecycle(store, intent_id))
 
 
-@get(
-    "/limits",
-    responses=READ_ERRORS,
-    security=BEARER,
-    opt=READ,
-    summary="Each account's limits and today's use of them.",
-)
+@reading("/limits", "Each account's limits and today's use of them.")
 async def limits(service: Service) -> list[LimitsRow]:
     return await service.read(every_limits_row)
 
 
-@get(
-    "/kill-switch",
-    responses=READ_ERRORS,
-    security=BEARER,
-    opt=READ,
-    summary="Every kill switch, over all accounts and each one.",
-)
+@reading("/kill-switch", "Every kill switch, over all accounts and each one.")
 async def kill_switch(service: Service) -> list[SwitchRow]:
     return await service.read(switch_rows)
 
 
-@get(
-    "/reconciliation/plan",
-    responses=READ_ERRORS,
-    opt=READ,
-    summary="What reconciliation would change now (nothing is applied).",
-)
+@reading("/reconciliation/plan", "What reconciliation would change now (nothing is applied).")
 async def reconciliation_plan(service: Service) -> Report:
     return await reconcile(
         service.running(), trigger=Trigger.OPERATOR, apply=Apply.NOTHING, policy=service.policy

@@ -47,21 +47,23 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         return hashlib.sha256(self.path.encode() + b"\n" + msgspec.json.encode(self)).hexdigest()
 
 
-class Deposit(Operation, frozen=True, kw_only=True):
-    path: ClassVar[str] = "/deposits"
+class BalanceOperation(Operation, frozen=True, kw_only=True):
+    """A deposit or a withdrawal: an amount in the account's currency."""
+
     account: Name
     amount: Number
     currency: Currency
+
+
+class Deposit(BalanceOperation, frozen=True, kw_only=True):
+    path: ClassVar[str] = "/deposits"
 
     async def apply(self, engine: Engine, origin: Origin) -> OperationResult:
         return await engine.deposit(self.account, self.amount, self.currency, origin=origin)
 
 
-class Withdrawal(Operation, frozen=True, kw_only=True):
+class Withdrawal(BalanceOperation, frozen=True, kw_only=True):
     path: ClassVar[str] = "/withdrawals"
-    account: Name
-    amount: Number
-    currency: Currency
 
     async def apply(self, engine: Engine, origin: Origin) -> OperationResult:
         return await engine.withdraw(self.account, self.amount, self.currency, origin=origin)
