@@ -34,6 +34,7 @@ from ledger.account import Account, Deposited, FundsSettled, PnlRealised, Withdr
 from ledger.aggregate import Aggregate
 from ledger.errors import InvariantViolated, LedgerError
 from ledger.events import Event
+from ledger.idempotency import KeyedRequest, request_id
 from ledger.intent import (
     BalanceChange,
     CloseRequest,
@@ -97,6 +98,8 @@ class Ledger:
         """Position -> the P&L its account realised for it."""
         self.external: set[UUID] = set()
         """Positions ever flagged external: adopted from the broker."""
+        self.requests: dict[UUID, KeyedRequest] = {}
+        """Idempotency keys, each with the intent it names and the answer kept for it."""
 
     def apply(self, sequence: int, event: Event) -> None:
         family = event.stored_name.partition(".")[0]
@@ -106,6 +109,8 @@ class Ledger:
             self._intent(sequence, event)
         elif family == "position":
             self._position(sequence, event)
+        elif family == "request":
+            self._fold(self.requests, KeyedRequest, ProblemKind.REQUEST, sequence, event)
 
     def balances(self) -> dict[UUID, Balance]:
         """Every account's money as its events so far add it up."""
@@ -220,6 +225,7 @@ class Ledger:
             self._check_level_change(sequence, change)
         for held in self._sound(self.positions):
             self._check_position(held)
+        self._check_requests()
 
     def _sound(self, aggregates: dict[UUID, A]) -> list[A]:
         return [held for key, held in aggregates.items() if key not in self.broken]
@@ -388,6 +394,41 @@ class Ledger:
         if held.id not in self.external:
             return "is adopted, yet was never flagged external"
         return None
+
+    def _check_requests(self) -> None:
+        for request in self._sound(self.requests):
+            self._check_request(request)
+        for intent in self._sound(self.intents):
+            self._check_keyed(intent)
+
+    def _check_request(self, request: KeyedRequest) -> None:
+        intent = self.intents.get(request.intent_id)
+        named = f"idempotency key {request.key!r} of {request.actor}"
+        if intent is None:
+            self._problem(
+                ProblemKind.REQUEST, f"{named} names intent {request.intent_id}, not in the log"
+            )
+            return
+        origin = intent.origin
+        if origin is None or (origin.actor, origin.key) != (request.actor, request.key):
+            self._problem(ProblemKind.REQUEST, f"{named} names intent {intent.id}, sent without it")
+        elif request.result is not None and request.result.status != intent.status:
+            self._problem(
+                ProblemKind.REQUEST,
+                f"{named} kept the answer {request.result.status}; intent {intent.id} is "
+                f"{intent.status}",
+            )
+
+    def _check_keyed(self, intent: Intent) -> None:
+        origin = intent.origin
+        if origin is None or origin.key is None:
+            return
+        if request_id(origin.actor, origin.key) not in self.requests:
+            self._problem(
+                ProblemKind.REQUEST,
+                f"intent {intent.id} was sent with idempotency key {origin.key!r}, "
+                "which has no record",
+            )
 
     def _problem(self, kind: ProblemKind, message: str, sequence: int | None = None) -> None:
         self.problems.add(kind, sequence, message)

@@ -35,6 +35,9 @@ class ProblemKind(enum.StrEnum):
     POSITION = "position"
     """A position has no opening intent and no adoption record, an event follows its close, or
     its money disagrees with its account's."""
+    REQUEST = "request"
+    """An idempotency key's record and the intent it names disagree: the intent is missing,
+    was sent without that key, or ended otherwise than the answer kept for it."""
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True):

@@ -90,6 +90,12 @@ class KeyedRequest(Aggregate):
             case _:
                 raise IllegalTransition(f"a keyed request cannot apply {type(event).__name__}")
 
+    @classmethod
+    def _create(cls, event: Event) -> Self:
+        if not isinstance(event, RequestRecorded):
+            raise IllegalTransition(f"a keyed request starts with request.recorded, not {event!r}")
+        return super()._create(event)
+
 
 def claim(unit: UnitOfWork, origin: Origin | None) -> None:
     """Refuse a key already recorded (checked first in commit 1, before anything changes)."""

@@ -19,6 +19,7 @@ from audit.problems import ProblemKind
 from audit.verify import verify
 from ledger.account import Account, AccountSnapshot, ReservationReleased
 from ledger.events import Event
+from ledger.idempotency import KeyedRequest
 from ledger.instruments import Price, Quantity, Side
 from ledger.intent import (
     BalanceChange,
@@ -30,7 +31,9 @@ from ledger.intent import (
     OpenRequest,
     ProtectionChange,
 )
+from ledger.origin import Origin
 from ledger.position import Position, PositionFlag, PositionFlagged, Provenance, position_id
+from ledger.results import OperationResult
 from projections import catch_up
 from projections.balances import BALANCES
 from projections.database import Database
@@ -267,6 +270,48 @@ def intent_of_no_account(c: Corrupted) -> None:
     c.store.save(intent)
 
 
+def key_of_no_intent(c: Corrupted) -> None:
+    origin = Origin(actor="bot", key="k1", digest="d" * 64)
+    c.store.save(KeyedRequest.record(origin, uuid4(), recorded_at=c.now))
+
+
+def key_of_an_intent_sent_without_it(c: Corrupted) -> None:
+    intent = c.get(Intent, c.get(Position, "kept").intent_id)
+    origin = Origin(actor="bot", key="k2", digest="d" * 64)
+    c.store.save(KeyedRequest.record(origin, intent.id, recorded_at=c.now))
+
+
+def keyed_intent_without_its_record(c: Corrupted) -> None:
+    intent = Intent.record(
+        uuid4(),
+        kind=IntentKind.BALANCE_ADD,
+        account_id=c.account.id,
+        payload=BalanceChange(amount=usd("1")),
+        epoch=1,
+        recorded_at=c.now,
+        origin=Origin(actor="bot", key="k3", digest="d" * 64),
+    )
+    c.store.save(intent)
+
+
+def answer_unlike_its_intent(c: Corrupted) -> None:
+    origin = Origin(actor="bot", key="k4", digest="d" * 64)
+    intent = Intent.record(
+        uuid4(),
+        kind=IntentKind.POSITION_CLOSE,
+        account_id=c.account.id,
+        payload=CloseRequest(position_id=c.ids["kept"]),
+        epoch=1,
+        recorded_at=c.now,
+        origin=origin,
+    )
+    intent.submit(recorded_at=c.now)
+    request = KeyedRequest.record(origin, intent.id, recorded_at=c.now)
+    answer = OperationResult(intent_id=intent.id, kind=intent.kind, status="completed")
+    request.answer(answer, recorded_at=c.now)
+    c.store.save(intent, request)
+
+
 BROKEN: list[tuple[Callable[[Corrupted], None], ProblemKind, str]] = [
     (snapshot_disagrees, ProblemKind.ACCOUNT, "total 99643.10 USD summed from its events"),
     (view_disagrees, ProblemKind.VIEW, "reserved 0.00 in the balances view"),
@@ -292,6 +337,10 @@ BROKEN: list[tuple[Callable[[Corrupted], None], ProblemKind, str]] = [
     (version_skipped, ProblemKind.STREAM, "where 17 comes next"),
     (event_of_another_kind, ProblemKind.STREAM, "a position event in the stream of account"),
     (intent_of_no_account, ProblemKind.INTENT, "names no account"),
+    (key_of_no_intent, ProblemKind.REQUEST, "not in the log"),
+    (key_of_an_intent_sent_without_it, ProblemKind.REQUEST, "sent without it"),
+    (keyed_intent_without_its_record, ProblemKind.REQUEST, "which has no record"),
+    (answer_unlike_its_intent, ProblemKind.REQUEST, "kept the answer completed"),
 ]
 
 

@@ -26,6 +26,7 @@ from ledger.client_ids import parse_client_id
 from ledger.intent import Intent, IntentStatus
 from ledger.money import Money
 from ledger.position import Position
+from tests.agreement import assert_audit_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,3 +146,4 @@ def check(store_url: str, acknowledged: list[list[str]], orders: list, point: st
             assert held.quantity == Decimal("0.1")
             assert held.broker_ref == orders[0].position_ref
         assert len(orders) == {"before_commit_1": 0, "after_commit_1": 0}.get(point, 1)
+        assert_audit_clean(store)

@@ -11,6 +11,7 @@ import pytest
 from adapters.store import Store
 from ledger.intent import Intent
 from tests.adapters.http.running import RunningEngine
+from tests.agreement import assert_audit_clean
 from tests.test_cli import ledger
 
 READ_ROUTES = [
@@ -189,6 +190,8 @@ def test_an_idempotency_key_replays_the_first_answer_also_after_a_restart_and_a_
         engine.wait_ready()
         assert engine.call("POST", "/positions", body=body, headers=key).json() == first.json()
         assert len(engine.call("GET", "/positions").json()) == 1
+    with Store.open(engine.store_url) as store:
+        assert_audit_clean(store)
 
 
 MALFORMED = [
