@@ -85,3 +85,22 @@ def test_token_show_creates_a_private_file_and_rotate_replaces_secrets(tmp_path)
     unknown = ledger("token", "rotate", "--name", "nobody", "--store", store, cwd=tmp_path)
     assert unknown.returncode == 3
     assert unknown.stderr.strip() == "ledger: no token named 'nobody' (there are: operator, reader)"
+
+
+def test_what_the_api_wrote_replays_without_a_secret(tmp_path):
+    with RunningEngine(tmp_path) as engine:
+        engine.wait_ready()
+        engine.call(
+            "POST",
+            "/deposits",
+            body={"account": "main", "amount": "5", "currency": "USD"},
+            headers={"Idempotency-Key": "fund-1"},
+        )
+        one_shot(engine, "deposit", "main", "1", "--currency", "USD")
+        secrets = list(engine.tokens.values())
+    replayed = ledger("replay", "--json", "--store", engine.store_url, cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    assert '"actor":"operator"' in replayed.stdout.replace(" ", "")
+    for secret in secrets:
+        assert secret not in replayed.stdout
+    assert all(secret not in (tmp_path / "engine.err").read_text() for secret in secrets)

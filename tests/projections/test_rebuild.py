@@ -13,6 +13,7 @@ from projections.catalogue import live_views
 from projections.database import Database
 from projections.log import log_end
 from projections.tracking import TRACKING_TABLE
+from tests.agreement import assert_audit_clean
 from tests.projections.crash import kill_when_paused
 from tests.projections.scenario import Scenario, usd
 
@@ -147,3 +148,4 @@ def test_a_crash_mid_rebuild_leaves_the_old_view_served_and_a_later_rebuild_succ
         assert leftovers(store) == []
         assert snapshot(store) == before
         assert check(store) is None
+        assert_audit_clean(store)

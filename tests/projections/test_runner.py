@@ -22,6 +22,7 @@ from projections.database import Database
 from projections.log import log_end
 from projections.runner import follow, prepare
 from projections.tracking import APPLICATION, TRACKING_TABLE
+from tests.agreement import assert_audit_clean
 from tests.projections.crash import kill_when_paused
 from tests.projections.scenario import Scenario
 
@@ -198,6 +199,7 @@ def test_after_a_kill_9_of_the_engine_views_go_on_from_their_tracked_position(
         anyio.run(next_start)
         assert set(positions_of(store).values()) == {log_end(store)}
         assert check(store) is None
+        assert_audit_clean(store)
         assert [row.symbol for row in queries.positions(store)] == ["BTCUSD", "ETHUSD"]
 
 
