@@ -91,6 +91,9 @@ P = ParamSpec("P")
 # A market order can fill worse than the quote it was priced from; the
 # reservation holds this much more, so a fill within it is always covered.
 RESERVATION_MARGIN = Decimal("0.01")
+PRICE_PROTECTION = Decimal("0.002")
+"""An open's market order fills at most this share worse than the quote it was priced from,
+or the broker rejects it: its stop-loss risk is measured from that price, so it holds as filled."""
 BROKER_TIMEOUT_SECONDS = 10.0
 EVIDENCE_ATTEMPTS = 3
 EVIDENCE_INTERVAL_SECONDS = 0.2
@@ -188,6 +191,7 @@ class Engine:
         quote_age_max: timedelta = QUOTE_AGE_MAX,
         breaker_failures_max: int = FAILURES_MAX_DEFAULT,
         observer: Observer | None = None,
+        price_protection: Decimal = PRICE_PROTECTION,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -195,6 +199,7 @@ class Engine:
         self.clock = clock
         self.broker_timeout = broker_timeout
         self.quote_age_max = quote_age_max
+        self.price_protection = price_protection
         self.breaker_failures_max = breaker_failures_max
         self.breaker_id = breaker_id(broker.capabilities.venue)
         self.breaker_open = False
@@ -354,6 +359,7 @@ class Engine:
             if stop is not None:
                 stops.check_side(side, stop, quote)
         entry = Price(quote.ask if side is Side.LONG else quote.bid)
+        worst = instrument.worst_fill(side, entry, self.price_protection)
         reservation = instrument.funds_required(size, Price(entry * (1 + RESERVATION_MARGIN)))
         intent_id = uuid4()
         payload = OpenRequest(
@@ -376,7 +382,7 @@ class Engine:
                 instrument,
                 side,
                 size,
-                entry,
+                worst,
                 stop,
                 reservation,
                 now.astimezone(UTC).date(),
@@ -407,6 +413,7 @@ class Engine:
             stop_loss=stop,
             take_profit=target,
             tag=intent.client_id[:8],
+            worst_price=worst,
         )
         return await self._send(intent, self.broker.submit(order), order)
 

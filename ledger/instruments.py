@@ -55,6 +55,8 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     funding: Funding = Funding.FULL
     leverage: Decimal = Decimal(1)
     """Margin: notional / leverage is held. Stake: the multiplier on the stake."""
+    fee_rate: Decimal = Decimal(0)
+    """What the venue charges on each fill, as a fraction of its notional."""
 
     def __post_init__(self) -> None:
         if not self.symbol or len(self.symbol) > 32 or not self.symbol.isprintable():
@@ -66,6 +68,9 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
                 raise InvalidValue(field, f"{value} must be positive")
         if self.funding is Funding.FULL and self.leverage != 1:
             raise InvalidValue("leverage", "an instrument paid in full has no leverage")
+        rate = parse_decimal(self.fee_rate, field="fee_rate", places=DECIMAL_PLACES_MAX)
+        if not 0 <= rate < 1:
+            raise InvalidValue("fee_rate", f"{rate} is outside 0..1")
 
     def price(self, value: object, *, field: str = "price") -> Price:
         """Validate `value` as a price: positive and on the price tick."""
@@ -94,6 +99,22 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     def notional(self, quantity: Quantity, price: Price) -> Decimal:
         """The exact value of `quantity` at `price`, in the quote currency."""
         return quantity * price * self.contract_size
+
+    def fee(self, quantity: Quantity, price: Price) -> Money:
+        """The venue's fee on a fill of `quantity` at `price`, rounded up as venues round it."""
+        return Money.rounded(
+            self.notional(quantity, price) * self.fee_rate, self.quote_currency, decimal.ROUND_UP
+        )
+
+    def worst_fill(self, side: Side, quote: Price, slippage: Decimal) -> Price:
+        """The worst price an opening market order may fill at: `slippage` past the quote.
+
+        On the price tick, rounded away from the quote: an order sent with it
+        as its protection price fills there or better, or is rejected.
+        """
+        worst = quote * (1 + side.sign * slippage)
+        rounding = decimal.ROUND_CEILING if side is Side.LONG else decimal.ROUND_FLOOR
+        return Price((worst / self.price_tick).to_integral_value(rounding) * self.price_tick)
 
     def funds_required(self, quantity: Quantity, price: Price) -> Money:
         """What opening `quantity` at `price` holds from the balance.

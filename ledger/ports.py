@@ -76,6 +76,8 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
     take_profit: Decimal | None = None
     tag: str = ""
     """Free text the venue keeps with the order (an MT5 comment), for candidate matching."""
+    worst_price: Decimal | None = None
+    """The order fills at this price or better, or not at all (a protected market order)."""
 
 
 class ProtectionRequest(msgspec.Struct, frozen=True, kw_only=True):

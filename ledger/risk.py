@@ -81,14 +81,17 @@ def check_new_open(
 ) -> Money:
     """Refuse an open the kill switch, the limits or the stop-loss rules forbid.
 
-    Returns what the open puts at risk: its stop-loss distance, or without
-    a stop, everything it reserves.
+    `entry` is the worst price the open may fill at. Returns what the open
+    puts at risk: its stop-loss distance and both fees, or without a stop,
+    everything it reserves and the fee on the way in.
     """
     refuse_if_killed(unit, account, "new opens")
     limits = controls(unit, account.id).limits
     stops.check_risk(instrument, side, quantity, entry, stop, limits=limits, total=account.total)
     at_risk = (
-        reservation if stop is None else instrument.loss_at(side, quantity, entry, Price(stop))
+        reservation + instrument.fee(quantity, entry)
+        if stop is None
+        else stops.worst_loss(instrument, side, quantity, entry, Price(stop))
     )
     notional = Money.rounded(
         instrument.notional(quantity, entry), instrument.quote_currency, decimal.ROUND_UP

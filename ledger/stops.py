@@ -4,8 +4,11 @@
   long (which sells at the bid), above the ask for a short. A stop on the
   other side would fire at once, or never protect.
 - What the stop would lose, from the entry price, exactly, with the
-  instrument's contract size, rounded up to the currency, must stay
-  within the account's per-trade risk (times its safety margin).
+  instrument's contract size, rounded up to the currency, plus the
+  venue's fees on the way in and out, must stay within the account's
+  per-trade risk (times its safety margin). For an open, the entry is the
+  worst price its order may fill at (its protection price), not the
+  quote: the fill can be worse than the quote, never worse than that.
 - Moving a stop closer to the market (tightening) is always allowed;
   moving it away (widening), or removing it, is checked again against
   the cap, and removing it is refused where stops are required.
@@ -43,6 +46,17 @@ def widens(side: Side, old: Decimal | None, new: Decimal | None) -> bool:
     return new < old if side is Side.LONG else new > old
 
 
+def worst_loss(
+    instrument: Instrument, side: Side, quantity: Quantity, entry: Price, stop: Price
+) -> Money:
+    """What a position entered at `entry` loses when its stop fills: the move and both fees."""
+    return (
+        instrument.loss_at(side, quantity, entry, stop)
+        + instrument.fee(quantity, entry)
+        + instrument.fee(quantity, stop)
+    )
+
+
 def check_risk(
     instrument: Instrument,
     side: Side,
@@ -63,7 +77,7 @@ def check_risk(
         raise Refused(
             Control.RISK_PER_TRADE, f"without a stop-loss the loss is not bounded by {cap}"
         )
-    loss = instrument.loss_at(side, quantity, entry, Price(stop))
+    loss = worst_loss(instrument, side, quantity, entry, Price(stop))
     if loss > cap:
         raise Refused(
             Control.RISK_PER_TRADE,

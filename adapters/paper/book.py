@@ -26,6 +26,7 @@ from adapters.paper.schema import (
     TABLES,
     decimal_or_none,
     text_or_none,
+    upgrade,
 )
 from adapters.paper.settings import Fault, PaperSettings
 from adapters.paper.tables import PaperBrokerError, Refusal
@@ -95,6 +96,7 @@ class PaperBook(Execution, Queries):
                 make_durable(self._db, str(settings.path))
             # executescript commits on its own, so the tables are made outside _write().
             self._db.executescript(TABLES)
+            upgrade(self._db)
             self._start_session(counted=start_session)
         except sqlite3.Error as error:
             self._db.close()
@@ -204,6 +206,7 @@ class PaperBook(Execution, Queries):
             position_ref=position_ref,
             tag=order.tag,
             lag=lag,
+            worst_price=order.worst_price,
         )
         duplicate = self._happens(Fault.DUPLICATE_ACK, key)
         fill = self._fill_order(ref, fill_now, reported=2 if duplicate else 1)

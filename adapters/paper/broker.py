@@ -132,7 +132,7 @@ class PaperBroker:
         return await self._run(lambda: self._book.quote(symbol))
 
     async def instrument(self, symbol: str) -> Instrument | None:
-        return market.instrument(symbol)
+        return market.instrument(symbol, self.settings.fee_rate)
 
     async def server_time(self) -> datetime:
         return await self._run(lambda: market.clock(self._book.step))

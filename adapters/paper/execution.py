@@ -4,12 +4,13 @@ happens at the broker while no engine is connected."""
 from __future__ import annotations
 
 import sqlite3
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from adapters.paper import market
 from adapters.paper.schema import (
     decimal_or_none,
     fill_from_row,
+    text_or_none,
 )
 from adapters.paper.settings import Fault
 from adapters.paper.tables import Refusal, Tables
@@ -44,6 +45,9 @@ class Execution(Tables):
         bid, ask = self._bid_ask(instrument)
         # Opening a long buys at the ask; closing one sells at the bid.
         price = ask if (side is Side.LONG) == opens else bid
+        worst = order["worst_price"]
+        if worst is not None and (price - Decimal(worst)) * side.sign > 0:
+            raise Refusal(f"the price {price} is past the order's protection price {worst}")
         if opens:
             position_ref = self._open_or_add(order, quantity, price, instrument)
             pnl = None
@@ -89,11 +93,7 @@ class Execution(Tables):
         reported: int = 1,
         visible_step: int | None = None,
     ) -> Fill:
-        fee = Money.rounded(
-            instrument.notional(quantity, price) * self.settings.fee_rate,
-            instrument.quote_currency,
-            ROUND_UP,
-        )
+        fee = instrument.fee(quantity, price)
         if not fee.is_zero:
             self._set_balance(account, self._balance(account) - fee)
         seq = self._next_seq("fills")
@@ -320,6 +320,7 @@ class Execution(Tables):
         position_ref: str | None,
         tag: str,
         lag: int = 0,
+        worst_price: Decimal | None = None,
     ) -> str:
         """A new working order, visible to reads `lag` steps from now; returns its ref."""
         seq = self._next_seq("orders")
@@ -327,8 +328,8 @@ class Execution(Tables):
         step = self.step
         self._db.execute(
             "INSERT INTO orders (seq, ref, client_id, account, action, symbol, side, quantity,"
-            " filled, status, position_ref, tag, created_step, visible_step)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '0', ?, ?, ?, ?, ?)",
+            " filled, status, position_ref, tag, created_step, visible_step, worst_price)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '0', ?, ?, ?, ?, ?, ?)",
             (
                 seq,
                 ref,
@@ -343,6 +344,7 @@ class Execution(Tables):
                 tag,
                 step,
                 step + lag,
+                text_or_none(worst_price),
             ),
         )
         return ref

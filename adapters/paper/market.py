@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
+
 from ledger.instruments import Funding, Instrument
 
 # The broker's clock starts here and moves one STEP per price step.
@@ -82,9 +84,12 @@ LISTINGS: dict[str, Listing] = {
 }  # fmt: skip
 
 
-def instrument(symbol: str) -> Instrument | None:
+def instrument(symbol: str, fee_rate: Decimal = Decimal(0)) -> Instrument | None:
+    """The terms `symbol` trades on here, charging `fee_rate` of the notional on each fill."""
     listing = LISTINGS.get(symbol)
-    return None if listing is None else listing.instrument
+    if listing is None:
+        return None
+    return msgspec.structs.replace(listing.instrument, fee_rate=fee_rate)
 
 
 def next_price(seed: int, symbol: str, step: int, price: Decimal) -> Decimal:

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS orders (
     position_ref TEXT,
     tag TEXT NOT NULL,
     created_step INTEGER NOT NULL,
-    visible_step INTEGER NOT NULL
+    visible_step INTEGER NOT NULL,
+    worst_price TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_client_id ON orders (client_id);
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status);
@@ -95,6 +96,14 @@ CREATE TABLE IF NOT EXISTS fills (
     visible_step INTEGER NOT NULL
 );
 """
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Bring books written by an older version to these tables (a column added since)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(orders)")}
+    if "worst_price" not in columns:
+        with db:
+            db.execute("ALTER TABLE orders ADD COLUMN worst_price TEXT")
 
 
 def decimal_or_none(text: str | None) -> Decimal | None:

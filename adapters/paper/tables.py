@@ -51,7 +51,7 @@ class Tables:
         return int(row["next"])
 
     def _instrument(self, symbol: str) -> Instrument:
-        instrument = market.instrument(symbol)
+        instrument = market.instrument(symbol, self.settings.fee_rate)
         if instrument is None:
             raise Refusal(f"{symbol!r} is not traded here")
         return instrument

@@ -169,6 +169,7 @@ class BrokerContract(abc.ABC):
         tag: str = "",
         symbol: str | None = None,
         account: str | None = None,
+        worst_price: Decimal | None = None,
     ) -> OrderRequest:
         return OrderRequest(
             client_id=client_id,
@@ -181,6 +182,7 @@ class BrokerContract(abc.ABC):
             stop_loss=stop_loss,
             take_profit=take_profit,
             tag=tag,
+            worst_price=worst_price,
         )
 
     async def levels(self, broker: Broker, side: Side) -> tuple[Decimal, Decimal]:
@@ -296,6 +298,26 @@ class BrokerContract(abc.ABC):
         assert await broker.instrument("NOT-TRADED-HERE") is None
 
     # Opening, amending, closing ----------------------------------------------------
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("side", [Side.LONG, Side.SHORT])
+    async def test_an_open_the_market_is_past_the_protection_price_of_is_rejected(
+        self, broker, side
+    ):
+        quote = await broker.quote(self.symbol)
+        # A buy no higher than far below the bid, a sell no lower than far above the ask.
+        gap = self.protection_distance
+        worst = quote.bid - gap if side is Side.LONG else quote.ask + gap
+        rejected(await broker.submit(self.request("guarded1", side=side, worst_price=worst)))
+        assert await broker.positions() == []
+        assert await broker.open_orders() == []
+
+    @pytest.mark.anyio
+    async def test_an_open_within_its_protection_price_fills_no_worse(self, broker):
+        quote = await broker.quote(self.symbol)
+        worst = quote.ask + self.protection_distance
+        fill = only_fill(await broker.submit(self.request("guarded2", worst_price=worst)))
+        assert fill.price <= worst
 
     @pytest.mark.anyio
     async def test_an_open_fills_at_the_ask_and_the_position_carries_its_protection(self, broker):

@@ -17,7 +17,7 @@ from ledger.money import Money
 from ledger.ports import Broker, ClientIdScope
 from tests.adapters.broker_contract import BrokerContract, only_fill
 
-BTCUSD = market.instrument("BTCUSD")
+BTCUSD = market.instrument("BTCUSD", FEE_RATE_DEFAULT)
 assert BTCUSD is not None
 
 
@@ -67,6 +67,7 @@ class PaperBrokerContract(BrokerContract):
         fill = only_fill(await broker.submit(self.request("fee1", quantity=Decimal("0.0123"))))
         exact = fill.quantity * fill.price * FEE_RATE_DEFAULT
         assert fill.fee == Money.rounded(exact, "USD", "ROUND_UP")
+        assert fill.fee == self.instrument.fee(fill.quantity, fill.price)
         assert fill.fee.amount >= exact
         assert fill.fee.amount - exact < Decimal("0.01")
 

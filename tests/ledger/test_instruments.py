@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -122,3 +123,36 @@ def test_instrument_steps_must_be_positive_and_finite(field, value):
     fields[field] = value
     with pytest.raises(InvalidValue, match=rf"^{field}: "):
         Instrument(**fields)  # type: ignore[arg-type]
+
+
+@given(
+    ticks=st.integers(min_value=1, max_value=10**8),
+    slippage_bp=st.integers(min_value=0, max_value=500),
+    side=st.sampled_from(list(Side)),
+)
+def test_the_worst_fill_is_on_the_tick_and_at_least_the_slippage_past_the_quote(
+    ticks, slippage_bp, side
+):
+    quote = Price(ticks * ES.price_tick)
+    slippage = Decimal(slippage_bp) / 10_000
+    worst = ES.worst_fill(side, quote, slippage)
+    assert worst % ES.price_tick == 0
+    # Past the quote by at least the slippage, and by less than one more tick.
+    past = (worst - quote) * side.sign
+    assert quote * slippage <= past < quote * slippage + ES.price_tick
+
+
+@given(lots=st.integers(min_value=1, max_value=10**6), rate_bp=st.integers(0, 100))
+def test_a_fee_is_the_notional_times_the_rate_rounded_up_to_the_cent(lots, rate_bp):
+    venue = msgspec.structs.replace(ES, fee_rate=Decimal(rate_bp) / 10_000)
+    price = Price(Decimal("4500.25"))
+    fee = venue.fee(Quantity(Decimal(lots)), price)
+    exact = ES.notional(Quantity(Decimal(lots)), price) * venue.fee_rate
+    assert fee.currency == "USD"
+    assert exact <= fee.amount < exact + Decimal("0.01")
+
+
+@pytest.mark.parametrize("rate", ["-0.001", "1", "NaN", "-0", "1E-40"])
+def test_a_fee_rate_outside_0_to_1_or_malformed_is_refused(rate):
+    with pytest.raises(InvalidValue, match=r"^fee_rate: "):
+        msgspec.structs.replace(ES, fee_rate=Decimal(rate))

@@ -16,12 +16,14 @@ from adapters.store import Store
 from ledger.account import Account, account_id
 from ledger.breaker import CircuitBreaker, breaker_id
 from ledger.controls import RiskControls, controls_id
-from ledger.engine import Engine
+from ledger.engine import PRICE_PROTECTION, Engine
 from ledger.errors import OutcomeUnknown, Refused
+from ledger.instruments import Price, Quantity, Side
 from ledger.intent import Intent
 from ledger.limits import Control, Limits, updated
 from ledger.refusals import OperationRefused
 from ledger.risk import exposure
+from ledger.stops import worst_loss
 from ledger.writer import UnitOfWork
 from projections.queries import daily_risk
 from projections.runner import catch_up
@@ -139,7 +141,10 @@ async def test_intents_in_flight_count_at_their_worst_case(tmp_path):
         assert account is not None
         used = exposure(UnitOfWork({}, store), account, datetime.now(UTC).date())
     assert (used.open_positions, used.trades_today) == (1, 1)
-    assert used.at_risk == next(iter(account.reservations.values()))
+    # Without a stop, its worst case is all it reserves, and the fee on the way in.
+    ((intent_id, reserved),) = account.reservations.items()
+    assert used.at_risk == setup.intent(intent_id).at_risk
+    assert reserved.amount < used.at_risk.amount <= reserved.amount * Decimal("1.001")
 
 
 async def test_a_kill_switch_engaged_elsewhere_stops_the_running_engine_at_once(ready):
@@ -287,16 +292,20 @@ async def test_an_in_flight_intent_is_loaded_for_its_risk(ready):
     set_limits(ready, max_daily_loss="200")
     async with ready.engine() as engine:
         quote = await engine.broker.quote("BTCUSD")
-        opened = await engine.open_position(
-            "main", "BTCUSD", "long", "0.01", stop_loss=quote.bid - 5000
-        )
+        instrument = await engine.instrument("BTCUSD")
+        stop = Price(quote.bid - 5000)
+        opened = await engine.open_position("main", "BTCUSD", "long", "0.01", stop_loss=stop)
     with Store.open(ready.store_url) as store:
         intent = store.get(Intent, opened.intent_id)
     assert intent is not None
     assert intent.at_risk is not None
     assert intent.reservation is not None
     assert intent.at_risk < intent.reservation
-    assert Decimal(50) <= intent.at_risk.amount <= Decimal(51)
+    # Measured from the worst price the order may fill at, both fees included.
+    worst = instrument.worst_fill(Side.LONG, Price(quote.ask), PRICE_PROTECTION)
+    expected = worst_loss(instrument, Side.LONG, Quantity(Decimal("0.01")), worst, stop)
+    assert intent.at_risk == expected
+    assert Decimal(50) <= intent.at_risk.amount <= Decimal(53)
 
 
 async def test_limits_set_while_the_engine_runs_apply_to_its_next_open(ready):
