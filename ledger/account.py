@@ -382,18 +382,13 @@ class Account(Aggregate):
                 self.commitments = {}
                 self.today = None
             case AccountSnapshot():
-                self.name = event.name
-                self.currency = event.currency
-                self.total = event.total
-                self.reservations = {held.key: held.amount for held in event.reservations}
-                self.commitments = {held.key: held.amount for held in event.commitments}
-                self.today = event.today
+                self._restore(event)
             case Deposited():
                 self.total += event.amount
             case Withdrawn() | FeeCharged():
                 self.total -= event.amount
             case FundsReserved():
-                self.reservations[event.intent_id] = event.amount
+                self._hold("reservation", self.reservations, event.intent_id, event.amount)
             case ReservationReleased():
                 del self.reservations[event.intent_id]
             case FundsSettled() | FundsCommitted():
@@ -405,6 +400,18 @@ class Account(Aggregate):
                 self._add_commitment(event.position_id, -event.released)
             case _:
                 raise IllegalTransition(f"an account cannot apply {type(event).__name__}")
+
+    def _restore(self, snapshot: AccountSnapshot) -> None:
+        self.name = snapshot.name
+        self.currency = snapshot.currency
+        self.total = snapshot.total
+        self.reservations = {}
+        self.commitments = {}
+        for held in snapshot.reservations:
+            self._hold("reservation", self.reservations, held.key, held.amount)
+        for held in snapshot.commitments:
+            self._hold("commitment", self.commitments, held.key, held.amount)
+        self.today = snapshot.today
 
     def _count_today(self, event: Event) -> None:
         """Count `event` (before it is applied) in the usage of its day."""
@@ -427,13 +434,17 @@ class Account(Aggregate):
         if remaining.is_zero:
             self.commitments.pop(position_id, None)
         else:
-            self.commitments[position_id] = remaining
+            self._hold("commitment", self.commitments, position_id, remaining)
 
-    def _check_invariants(self) -> None:
-        for label, held in (("reservation", self.reservations), ("commitment", self.commitments)):
-            for key, amount in held.items():
-                invariant(amount.currency == self.currency, f"{label} {key} in {amount.currency}")
-                invariant(not amount.is_negative and not amount.is_zero, f"{label} {key}: {amount}")
+    def _hold(self, label: str, book: dict[UUID, Money], key: UUID, amount: Money) -> None:
+        """Put `amount` in `book`: money held is in the account's currency and more than zero.
+
+        Checked here, where an amount enters a book, rather than over every
+        book after every event: an account may hold thousands of reservations.
+        """
+        invariant(amount.currency == self.currency, "%s %s in %s", label, key, amount.currency)
+        invariant(not amount.is_negative and not amount.is_zero, "%s %s: %s", label, key, amount)
+        book[key] = amount
 
     @classmethod
     def _create(cls, event: Event) -> Self:

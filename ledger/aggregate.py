@@ -74,10 +74,13 @@ class Aggregate:
         self._pending.append(event)
 
     def _apply_checked(self, event: Event) -> None:
-        invariant(event.originator_id == self.id, f"{event!r} belongs to another aggregate")
+        invariant(event.originator_id == self.id, "%r belongs to another aggregate", event)
         invariant(
             event.originator_version == self.version + 1,
-            f"{type(event).__name__} v{event.originator_version} after v{self.version}",
+            "%s v%d after v%d",
+            type(event).__name__,
+            event.originator_version,
+            self.version,
         )
         try:
             self._apply(event)

@@ -429,9 +429,9 @@ class Position(Aggregate):
 
     def _check_invariants(self) -> None:
         if self.is_open:
-            invariant(self.quantity > 0, f"position {self.id} open with {self.quantity}")
+            invariant(self.quantity > 0, "position %s open with %s", self.id, self.quantity)
         else:
-            invariant(self.quantity == 0, f"position {self.id} closed with {self.quantity} left")
+            invariant(self.quantity == 0, "position %s closed with %s left", self.id, self.quantity)
 
     @classmethod
     def _create(cls, event: Event) -> Self:

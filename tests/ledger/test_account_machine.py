@@ -28,7 +28,7 @@ from ledger.account import (
     ReservationReleased,
     Withdrawn,
 )
-from ledger.errors import IllegalTransition, InsufficientFunds, InvalidValue
+from ledger.errors import IllegalTransition, InsufficientFunds, InvalidValue, InvariantViolated
 from ledger.events import Event
 from ledger.money import Money
 
@@ -345,3 +345,45 @@ class AccountMachine(RuleBasedStateMachine):
 # then released for the commitment rules to be exercised, and runs are cheap.
 AccountMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestAccountMachine = AccountMachine.TestCase
+
+
+@pytest.mark.parametrize(
+    ("held", "problem"),
+    [
+        (Money.parse("5", "EUR"), r"^reservation .* in EUR$"),
+        (Money.parse("0", "USD"), r"^reservation .*: 0.00 USD$"),
+    ],
+)
+def test_a_stored_history_that_breaks_the_books_is_refused_on_load(held, problem):
+    account_id, moment = uuid4(), datetime(2026, 1, 5, tzinfo=UTC)
+    opened = AccountOpened(
+        originator_id=account_id, originator_version=1, recorded_at=moment, name="m", currency="USD"
+    )
+    reserved = FundsReserved(
+        originator_id=account_id,
+        originator_version=2,
+        recorded_at=moment,
+        intent_id=uuid4(),
+        amount=held,
+    )
+    with pytest.raises(InvariantViolated, match=problem):
+        Account.project(None, [opened, reserved])
+
+
+def test_an_event_of_another_aggregate_or_out_of_order_is_refused_on_load():
+    account_id, moment = uuid4(), datetime(2026, 1, 5, tzinfo=UTC)
+    opened = AccountOpened(
+        originator_id=account_id, originator_version=1, recorded_at=moment, name="m", currency="USD"
+    )
+    account = Account.project(None, [opened])
+    assert account is not None
+    foreign = Deposited(
+        originator_id=uuid4(), originator_version=2, recorded_at=moment, amount=usd(Decimal(1))
+    )
+    with pytest.raises(InvariantViolated, match="belongs to another aggregate"):
+        Account.project(account, [foreign])
+    skipped = Deposited(
+        originator_id=account_id, originator_version=3, recorded_at=moment, amount=usd(Decimal(1))
+    )
+    with pytest.raises(InvariantViolated, match=r"^Deposited v3 after v1$"):
+        Account.project(account, [skipped])
