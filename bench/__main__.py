@@ -20,7 +20,8 @@ from bench.fsync import fsync_rate
 from bench.history import deposits, pending_opens
 from bench.load import Load, engine_cycles, naive_cycles
 from bench.machine import describe
-from bench.measure import Figure, compared
+from bench.measure import Figure, bounded, compared
+from bench.memory import engine_peak_mib
 from bench.naive import naive_log
 from bench.replays import (
     account_full_replay_seconds,
@@ -45,6 +46,8 @@ class Sizes:
     pending: int
     histories: tuple[int, ...]
     account_events: int
+    demo_seconds: float
+    """How long the engine trades in the memory scenario."""
 
 
 QUICK = Sizes(
@@ -54,6 +57,7 @@ QUICK = Sizes(
     pending=100,
     histories=(1_000, 10_000),
     account_events=5_000,
+    demo_seconds=2,
 )
 FULL = Sizes(
     fsyncs=2_000,
@@ -62,6 +66,7 @@ FULL = Sizes(
     pending=1_000,
     histories=(10_000, 100_000, 1_000_000),
     account_events=100_000,
+    demo_seconds=10,
 )
 
 
@@ -193,6 +198,7 @@ def history_figures(folder: Path, sizes: Sizes) -> list[Figure]:
             target=("<=", 1.5),
         )
     )
+    figures += memory_figures(folder, sizes)
     rebuilt = f"sqlite:///{folder / f'history-{largest}.db'}"
     baseline = naive_log(folder / "naive-log.db", events=largest)
     figures.append(
@@ -221,6 +227,38 @@ def history_figures(folder: Path, sizes: Sizes) -> list[Figure]:
             baseline="full replay of the account",
             baseline_value=full,
             target=("<=", 1 / 50),
+        )
+    )
+    return figures
+
+
+def memory_figures(folder: Path, sizes: Sizes) -> list[Figure]:
+    """The engine's peak memory over the two longest histories, and how much it grew."""
+    smaller, larger = sizes.histories[-2:]
+    peaks = {
+        events: engine_peak_mib(
+            f"sqlite:///{folder / f'history-{events}.db'}", seconds=sizes.demo_seconds
+        )
+        for events in (smaller, larger)
+    }
+    figures = [
+        Figure(
+            scenario="memory (sqlite)",
+            name=f"engine peak RSS over {events:,} events",
+            value=peak,
+            unit="MiB",
+        )
+        for events, peak in peaks.items()
+    ]
+    figures.append(
+        bounded(
+            "memory (sqlite)",
+            f"growth from {smaller:,} to {larger:,} events",
+            peaks[larger] - peaks[smaller],
+            "MiB",
+            baseline=f"peak over {smaller:,} events",
+            baseline_value=peaks[smaller],
+            bound=64,
         )
     )
     return figures

@@ -22,7 +22,7 @@ class Figure(msgspec.Struct, frozen=True, kw_only=True):
     baseline_value: float | None = None
     ratio: float | None = None
     target: str | None = None
-    """The target, as a ratio: e.g. '>= 10' or '<= 1.5'."""
+    """The target: a ratio (e.g. '>= 10' or '<= 1.5'), or a bound with its unit ('<= 64 MiB')."""
     met: bool | None = None
 
 
@@ -50,6 +50,29 @@ def compared(
         ratio=ratio,
         target=f"{sign} {bound:g}",
         met=met,
+    )
+
+
+def bounded(
+    scenario: str,
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: str,
+    baseline_value: float,
+    bound: float,
+) -> Figure:
+    """A figure whose target is an absolute bound in its own unit (e.g. growth in MiB)."""
+    return Figure(
+        scenario=scenario,
+        name=name,
+        value=value,
+        unit=unit,
+        baseline=baseline,
+        baseline_value=baseline_value,
+        target=f"<= {bound:g} {unit}",
+        met=value <= bound,
     )
 
 
