@@ -26,8 +26,18 @@ class NotDurableError(PersistenceError):
 
 
 def create_private_file(path: Path) -> None:
-    """Create `path` with mode 0600 if it does not exist; never widen an existing one."""
-    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE)
+    """Create `path` with mode 0600 if it does not exist; never open an existing one.
+
+    Closing any descriptor of a file releases every POSIX lock the process
+    holds on it, SQLite's own included. Were an existing database opened
+    and closed here while this process has it open, another process's
+    SQLite would then find itself the last user on closing, checkpoint,
+    and delete the write-ahead log this process is still appending to.
+    """
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        return
     os.close(descriptor)
 
 

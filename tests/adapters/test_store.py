@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -252,3 +254,34 @@ def test_many_processes_may_open_one_store_at_once(store_url):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def _count_in_child(url: str) -> int:
+    """The number of stored events, as a process of its own reads them (and then closes)."""
+    code = (
+        "import sys\n"
+        "from adapters.store import Store\n"
+        "with Store.open(sys.argv[1]) as store:\n"
+        "    print(store.application.recorder.max_notification_id() or 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, url], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def test_opening_the_store_again_in_a_process_keeps_its_commits_safe_from_others(tmp_path):
+    # Closing any descriptor of a file drops every POSIX lock the process
+    # holds on it, SQLite's included. A second open in the same process
+    # must not do that, or another process's close would take the last
+    # connection's liberty to checkpoint and delete the WAL under us.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url) as engine_store:
+        funded_account(engine_store, "first")
+        with Store.open(url):  # as `ledger run` opens the store for its views
+            pass
+        assert _count_in_child(url) == 2
+        funded_account(engine_store, "second")
+        assert (tmp_path / "ledger.db-wal").exists()
+        assert _count_in_child(url) == 4
+    assert _count_in_child(url) == 4
