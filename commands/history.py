@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, ParamSpec
-from uuid import UUID
 
 import msgspec
 import typer
@@ -37,6 +36,7 @@ from commands.shared import (
 from commands.views import progress_bar, view_errors
 from ledger.account import validate_account_name
 from ledger.errors import InvalidValue
+from ledger.ids import parse_id
 from ledger.origin import Origin
 from projections.rebuild import Progress
 
@@ -135,13 +135,6 @@ def parse_time(text: str, field: str) -> datetime:
     if moment.utcoffset() is None:
         raise InvalidValue(field, f"{text!r} has no timezone: add one, e.g. Z or +00:00")
     return moment
-
-
-def parse_id(text: str, field: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise InvalidValue(field, f"{text!r} is not an id") from None
 
 
 def parse_until(text: str) -> int | datetime:
@@ -313,7 +306,8 @@ def show_lifecycle(found: Lifecycle) -> None:
 def _asked_by(origin: Origin | None) -> str:
     if origin is None:
         return "-"
-    return origin.actor + ("" if origin.key is None else f" (idempotency key {origin.key!r})")
+    asked = origin.actor if origin.operator is None else f"{origin.operator} via {origin.actor}"
+    return asked + ("" if origin.key is None else f" (idempotency key {origin.key!r})")
 
 
 def _after(moment: datetime | None, seconds: float | None, since: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 from typing import Annotated
-from uuid import UUID
 
 import anyio
 import typer
@@ -39,7 +38,7 @@ from commands.shared import (
     operator_name,
     print_json,
 )
-from ledger.errors import InvalidValue
+from ledger.ids import parse_id
 from ledger.instruments import Side
 from ledger.origin import Origin
 from ledger.results import OperationResult
@@ -84,16 +83,9 @@ def _through_running_engine(store: str, operation: Operation) -> OperationResult
     if address is None:
         return None
     try:
-        return send(store, address, operation)
+        return send(store, address, operation, operator=operator_name())
     except NoEngine:
         return None
-
-
-def position_id(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise InvalidValue("position", f"{text!r} is not a position id") from None
 
 
 @errors_as_exit_codes
@@ -160,7 +152,7 @@ def close_position(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Close a position, or part of it."""
-    operation = ClosePosition(position_id=position_id(position), quantity=quantity)
+    operation = ClosePosition(position_id=parse_id(position, "position"), quantity=quantity)
     run_operation(store, broker, operation, as_json=as_json)
 
 
@@ -173,7 +165,7 @@ def set_stop_loss(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Move a position's stop-loss."""
-    operation = SetStopLoss(position_id=position_id(position), price=price)
+    operation = SetStopLoss(position_id=parse_id(position, "position"), price=price)
     run_operation(store, broker, operation, as_json=as_json)
 
 
@@ -186,7 +178,7 @@ def set_take_profit(
     as_json: JsonOption = False,  # noqa: FBT002
 ) -> None:
     """Move a position's take-profit."""
-    operation = SetTakeProfit(position_id=position_id(position), price=price)
+    operation = SetTakeProfit(position_id=parse_id(position, "position"), price=price)
     run_operation(store, broker, operation, as_json=as_json)
 
 

@@ -37,6 +37,7 @@ from commands.shared import (
 from ledger import settlement
 from ledger.engine import Engine
 from ledger.errors import InvalidValue
+from ledger.ids import parse_id
 from ledger.intent import Intent, IntentKind, IntentStatus, OpenRequest
 from ledger.ports import Accepted
 from ledger.reconciliation import Trigger
@@ -178,10 +179,7 @@ def resolve(
     broker: BrokerOption = DEFAULT_BROKER_URL,
 ) -> None:
     """Resolve an intent awaiting review, recording the operator and the reason."""
-    try:
-        target = UUID(intent_id)
-    except ValueError:
-        raise InvalidValue("intent", f"{intent_id!r} is not an intent id") from None
+    target = parse_id(intent_id, "intent")
     if not reason.strip():
         raise InvalidValue("reason", "say why")
     if outcome is Outcome.COMPLETED and broker_ref is None:

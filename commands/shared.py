@@ -6,8 +6,9 @@ Every error a user can cause ends as one line on stderr and an exit code:
     1  the ledger refused the request (invalid value, insufficient funds,
        a rejected order, ...)
     2  the command line itself was wrong (unknown option, missing argument)
-    3  the store or the broker could not be opened or read, another engine
-       holds the store, or an operation's outcome is unknown; for `recover`
+    3  the store or the broker could not be opened or read (or did not
+       answer in time), another engine holds the store, or an operation's
+       outcome is unknown; for `recover`
        and `reconcile`: something awaits an operator
     4  `ledger rebuild --check`: a view differs from its rebuild
     5  `ledger audit verify`: the hash chain or an invariant of the ledger
@@ -37,7 +38,7 @@ from adapters.paper.settings import BrokerURLError
 from adapters.paper.tables import PaperBrokerError
 from adapters.sqlite_store import NotDurableError
 from adapters.store import Store, StoreError
-from ledger.errors import LeaseHeld, LedgerError, OutcomeUnknown
+from ledger.errors import BrokerUnavailable, LeaseHeld, LedgerError, OutcomeUnknown
 
 EXIT_REFUSED = 1
 EXIT_UNAVAILABLE = 3
@@ -80,7 +81,7 @@ def errors_as_exit_codes(command: Callable[P, None]) -> Callable[P, None]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
         try:
             command(*args, **kwargs)
-        except (OutcomeUnknown, LeaseHeld) as error:
+        except (OutcomeUnknown, LeaseHeld, BrokerUnavailable) as error:
             fail(str(error), EXIT_UNAVAILABLE)
         except LedgerError as error:
             fail(str(error), EXIT_REFUSED)

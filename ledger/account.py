@@ -22,7 +22,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import msgspec
 
 from ledger.aggregate import Aggregate
-from ledger.errors import IllegalTransition, InsufficientFunds, InvalidValue
+from ledger.errors import IllegalTransition, InsufficientFunds, InvalidValue, shown
 from ledger.events import Event
 from ledger.invariants import invariant
 from ledger.money import Money, currency
@@ -44,7 +44,7 @@ def validate_account_name(name: str) -> str:
     ):
         raise InvalidValue(
             "account",
-            f"{name!r} must be 1-{ACCOUNT_NAME_LENGTH_MAX} letters, digits, '-', '_', '.'",
+            f"{shown(name)} must be 1-{ACCOUNT_NAME_LENGTH_MAX} letters, digits, '-', '_', '.'",
         )
     return name
 
@@ -228,6 +228,7 @@ class Account(Aggregate):
         self, amount: Money, *, recorded_at: datetime, intent_id: UUID | None = None
     ) -> None:
         self._check_positive(amount, "amount")
+        self._check_total_after(amount)
         self._trigger(Deposited, recorded_at=recorded_at, amount=amount, intent_id=intent_id)
 
     def withdraw(
@@ -355,6 +356,15 @@ class Account(Aggregate):
         self._check_currency(amount, field)
         if amount.is_negative or amount.is_zero:
             raise InvalidValue(field, f"{amount} must be more than zero")
+
+    def _check_total_after(self, amount: Money) -> None:
+        try:
+            self.total + amount
+        except InvalidValue:
+            raise InvalidValue(
+                "amount",
+                f"{amount} would take account {self.name} to more than the ledger can hold",
+            ) from None
 
     def _check_available(self, amount: Money, action: str) -> None:
         if amount > self.available:

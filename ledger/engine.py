@@ -36,6 +36,7 @@ from ledger import idempotency, risk, settlement, stops
 from ledger.account import Account, account_id, validate_account_name
 from ledger.breaker import FAILURES_MAX_DEFAULT, CircuitBreaker, breaker_id
 from ledger.errors import (
+    BrokerUnavailable,
     Frozen,
     IllegalTransition,
     InvalidValue,
@@ -47,9 +48,10 @@ from ledger.errors import (
     OutcomeUnknown,
     Refused,
     RequestInFlight,
+    shown,
 )
 from ledger.idempotency import KeyedRequest
-from ledger.instruments import Instrument, Price, Side
+from ledger.instruments import Instrument, Price, Side, validate_symbol
 from ledger.intent import (
     BalanceChange,
     CloseRequest,
@@ -286,9 +288,10 @@ class Engine:
                 raise InvalidValue(
                     "currency", f"account {account} holds {ledger_account.currency}, not {currency}"
                 )
-            intent = self._balance_intent(unit, intent_id, ledger_account, money, origin, add=True)
+            # The deposit first: it refuses (a total past what the ledger holds) before
+            # anything else changes.
             ledger_account.deposit(money, recorded_at=now, intent_id=intent_id)
-            return intent
+            return self._balance_intent(unit, intent_id, ledger_account, money, origin, add=True)
 
         return _balance_result(await self.writer.execute(_claiming(origin, record)))
 
@@ -645,9 +648,10 @@ class Engine:
     async def instrument(self, symbol: str) -> Instrument:
         """The broker's terms for `symbol`, asked once per engine."""
         if symbol not in self._instruments:
+            validate_symbol(symbol)
             instrument = await self._call(self.broker.instrument(symbol))
             if instrument is None:
-                raise InvalidValue("symbol", f"{symbol!r} is not traded at this broker")
+                raise InvalidValue("symbol", f"{shown(symbol)} is not traded at this broker")
             self._instruments[symbol] = instrument
         return self._instruments[symbol]
 
@@ -656,6 +660,8 @@ class Engine:
         try:
             with anyio.fail_after(self.broker_timeout):
                 return await call
+        except TimeoutError:
+            raise BrokerUnavailable(self.broker_timeout) from None
         finally:
             self.observer.broker_call(time.perf_counter() - started)
 

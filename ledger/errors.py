@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+SHOWN_LENGTH_MAX = 40
+
+
+def shown(value: object) -> str:
+    """`value` as an error message quotes it: its repr, cut short if it is long.
+
+    Values in messages come from outside; a megabyte of account name must
+    not become a megabyte of error line.
+    """
+    text = repr(value)
+    return text if len(text) <= SHOWN_LENGTH_MAX else text[: SHOWN_LENGTH_MAX - 3] + "..."
+
 
 class LedgerError(Exception):
     """Base of every error the ledger core raises on purpose."""
@@ -93,6 +105,19 @@ class OutcomeUnknown(LedgerError):  # noqa: N818
         super().__init__(
             f"outcome unknown: {cause}; intent {intent_id} stays in flight until recovery"
         )
+
+
+class BrokerUnavailable(LedgerError, TimeoutError):  # noqa: N818
+    """Raised when the broker does not answer a call in time.
+
+    A timeout too: a write that times out is an outcome unknown (the engine
+    catches it as such); a read that times out before commit 1 ends the
+    operation with nothing recorded.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the broker did not answer within {seconds:g} s")
 
 
 class UnknownEventType(LookupError):  # noqa: N818

@@ -9,7 +9,7 @@ from typing import NewType
 
 import msgspec
 
-from ledger.errors import InvalidValue
+from ledger.errors import InvalidValue, shown
 from ledger.money import DECIMAL_PLACES_MAX, Money, currency, parse_decimal
 
 # Prices and quantities are plain Decimals that went through an instrument's
@@ -40,6 +40,16 @@ class Funding(enum.StrEnum):
     """A stake: the quantity is the amount staked (binary or multiplier contracts)."""
 
 
+SYMBOL_LENGTH_MAX = 32
+
+
+def validate_symbol(symbol: str) -> str:
+    """`symbol` if it can name an instrument: 1-32 printable characters."""
+    if not 1 <= len(symbol) <= SYMBOL_LENGTH_MAX or not symbol.isprintable():
+        raise InvalidValue("symbol", f"{shown(symbol)} is not a symbol")
+    return symbol
+
+
 class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     """A tradable symbol with its quote currency, steps and funding rule.
 
@@ -59,8 +69,7 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     """What the venue charges on each fill, as a fraction of its notional."""
 
     def __post_init__(self) -> None:
-        if not self.symbol or len(self.symbol) > 32 or not self.symbol.isprintable():
-            raise InvalidValue("symbol", f"{self.symbol!r} is not a symbol")
+        validate_symbol(self.symbol)
         currency(self.quote_currency, field="quote_currency")
         for field in ("price_tick", "quantity_step", "contract_size", "leverage"):
             value = parse_decimal(getattr(self, field), field=field, places=DECIMAL_PLACES_MAX)

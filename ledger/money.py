@@ -15,7 +15,7 @@ from typing import Self
 
 import msgspec
 
-from ledger.errors import CurrencyMismatch, InvalidValue, UnknownCurrency
+from ledger.errors import CurrencyMismatch, InvalidValue, UnknownCurrency, shown
 
 # Precision of every Decimal operation in the ledger: 34 digits, as in IEEE
 # decimal128, far above any amount or product of amounts the limits admit.
@@ -101,7 +101,7 @@ def _to_decimal(value: object, field: str) -> Decimal:
     # Decimal() alone would also take "1_000", Arabic-Indic or full-width
     # digits: text from outside must be plain ASCII decimal notation.
     if len(text) > TEXT_LENGTH_MAX or not NUMBER.fullmatch(text):
-        raise InvalidValue(field, f"{value!r} is not a number")
+        raise InvalidValue(field, f"{shown(value)} is not a number")
     return Decimal(text)
 
 
@@ -137,7 +137,7 @@ def currency(code: str, *, field: str = "currency") -> Currency:
     try:
         return CURRENCIES[code]
     except KeyError:
-        raise UnknownCurrency(field, f"{code!r} is not a known currency") from None
+        raise UnknownCurrency(field, f"{shown(code)} is not a known currency") from None
 
 
 class Money(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,6 +10,8 @@ from ledger.errors import InvalidValue
 
 KEY_PATTERN = re.compile(r"[!-~]{1,128}")
 """An idempotency key: 1 to 128 visible ASCII characters (no spaces, nothing else)."""
+OPERATOR_PATTERN = re.compile(r"[!-~][ -~]{0,63}")
+"""An operator's name as a client sends it: 1 to 64 printable ASCII characters."""
 
 
 class Origin(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,10 +24,15 @@ class Origin(msgspec.Struct, frozen=True, kw_only=True):
     actor: str
     key: str | None = None
     digest: str | None = None
+    operator: str | None = None
+    """Who was at the terminal, as the client says: a one-shot command sent through the
+    API names its user, while `actor` is the token it was sent with."""
 
     def __post_init__(self) -> None:
         if not self.actor.strip():
             raise InvalidValue("actor", "an operation names who asked for it")
+        if self.operator is not None and not OPERATOR_PATTERN.fullmatch(self.operator):
+            raise InvalidValue("operator", "1 to 64 visible characters")
         if self.key is not None:
             if not KEY_PATTERN.fullmatch(self.key):
                 raise InvalidValue(

@@ -10,13 +10,17 @@ ever touches the aggregates it caches.
 
 A command that refuses (a `LedgerError`) must do so before it changes
 anything, which the aggregates guarantee: every guard runs before its
-event is triggered. The writer checks this, and treats a command that
-broke it, or any other exception, as a failure of the whole batch: nothing
-is saved, its cache is dropped, and every caller in the batch gets the error.
+event is triggered. A command that broke this, or failed any other way,
+may have left the cached aggregates half changed: its caller gets the
+error, the cache is dropped, and the rest of the batch runs again on
+aggregates fresh from the store, so one bad command never fails the
+commands it happened to share a batch with. A save that fails fails the
+whole batch: nothing is saved, and every caller gets the error.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,8 +169,9 @@ class Writer:
                     except anyio.WouldBlock:
                         break
                 started = time.perf_counter()
-                await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
-                self._observer.commit(len(batch), time.perf_counter() - started)
+                saved = await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                if saved:  # a batch that only read commits nothing
+                    self._observer.commit(len(batch), time.perf_counter() - started)
                 for queued in batch:
                     queued.done.set()
 
@@ -174,22 +179,21 @@ class Writer:
         """Stop taking commands; the queue drains, then `run` returns."""
         self._send.close()
 
-    def _commit(self, batch: list[_Queued[Any]]) -> None:
-        units: list[UnitOfWork] = []
-        fresh: dict[UUID, Aggregate | None] = {}
+    def _commit(self, batch: list[_Queued[Any]]) -> bool:
+        """Run `batch` and save what it changed in one transaction; whether anything was saved."""
+        running = list(batch)
+        while True:
+            try:
+                units = self._run_commands(running)
+            except _CommandFailed as failed:
+                # Its aggregates may be half changed: drop them all, and run
+                # the others again without it, on state fresh from the store.
+                self._cache.clear()
+                failed.queued.error = failed.error
+                running.remove(failed.queued)
+                continue
+            break
         try:
-            for queued in batch:
-                unit = UnitOfWork(self._cache, self._store, fresh)
-                try:
-                    queued.result = queued.command(unit)
-                except LedgerError as error:
-                    if unit.changed_anything():
-                        raise InvariantViolated(
-                            f"a refused command changed state: {error}"
-                        ) from error
-                    queued.error = error
-                    continue
-                units.append(unit)
             changed = _changed_aggregates(units)
             if changed:
                 self._store.save(*changed)
@@ -197,16 +201,38 @@ class Writer:
         except BaseException as error:  # noqa: BLE001 - every caller must hear of it
             # Nothing was saved: what the cache holds may be ahead of the store.
             self._cache.clear()
-            for queued in batch:
+            for queued in running:
                 if queued.error is None:
-                    queued.error = error
-            return
+                    queued.error = _own(error)
+            return False
         self.statistics.commands += len(batch)
         self.statistics.batch_size_max = max(self.statistics.batch_size_max, len(batch))
         for unit in units:
             for aggregate in unit.new.values():
                 self._cache[aggregate.id] = aggregate
         self._forget_finished()
+        return bool(changed)
+
+    def _run_commands(self, batch: list[_Queued[Any]]) -> list[UnitOfWork]:
+        """Run each command of `batch` in order; the units of those that did not refuse."""
+        units: list[UnitOfWork] = []
+        fresh: dict[UUID, Aggregate | None] = {}
+        for queued in batch:
+            queued.result, queued.error = None, None
+            unit = UnitOfWork(self._cache, self._store, fresh)
+            try:
+                queued.result = queued.command(unit)
+            except LedgerError as error:
+                if unit.changed_anything():
+                    broken = InvariantViolated(f"a refused command changed state: {error}")
+                    broken.__cause__ = error
+                    raise _CommandFailed(queued, broken) from error
+                queued.error = error
+                continue
+            except Exception as error:
+                raise _CommandFailed(queued, error) from error
+            units.append(unit)
+        return units
 
     def _forget_finished(self) -> None:
         # Terminal intents and closed positions never change again: keeping
@@ -219,6 +245,31 @@ class Writer:
         ]
         for aggregate_id in finished:
             del self._cache[aggregate_id]
+
+
+class _CommandFailed(Exception):  # noqa: N818 - internal signal, not an error of the ledger
+    """One command of a batch failed other than by refusing: `error` is for its caller."""
+
+    def __init__(self, queued: _Queued[Any], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.queued = queued
+        self.error = error
+
+
+def _own(error: BaseException) -> BaseException:
+    """A copy of `error` for one caller of a failed batch, caused by it.
+
+    Raising the one object in every caller would add each caller's frames
+    to its one traceback, which would grow with every caller.
+    """
+    try:
+        mine = copy.copy(error)
+    except Exception:  # noqa: BLE001 - an error that cannot be copied is raised as it is
+        return error
+    if type(mine) is not type(error) or mine.args != error.args:  # pragma: no cover - odd class
+        return error
+    mine.__cause__ = error
+    return mine
 
 
 def _changed_aggregates(units: list[UnitOfWork]) -> list[Aggregate]:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from adapters.store import Store
 from ledger.intent import Intent
+from ledger.origin import Origin
 from tests.adapters.http.running import RunningEngine
 from tests.test_cli import ledger
 
@@ -18,15 +19,26 @@ RESULT = re.compile(r"^BALANCE_(ADD|DEDUCT) completed; intent [0-9a-f-]{36}$")
 
 def one_shot(engine: RunningEngine, *arguments: str):
     return ledger(
-        *arguments, "--store", engine.store_url, "--broker", engine.broker_url, cwd=engine.folder
+        *arguments,
+        "--store",
+        engine.store_url,
+        "--broker",
+        engine.broker_url,
+        cwd=engine.folder,
+        env={"LEDGER_OPERATOR": "alice"},
     )
 
 
-def actor_of(store_url: str, intent_id: str) -> str | None:
+def origin_of(store_url: str, intent_id: str) -> Origin | None:
     with Store.open(store_url) as store:
         intent = store.get(Intent, UUID(intent_id))
     assert intent is not None
-    return None if intent.origin is None else intent.origin.actor
+    return intent.origin
+
+
+def actor_of(store_url: str, intent_id: str) -> str | None:
+    origin = origin_of(store_url, intent_id)
+    return None if origin is None else origin.actor
 
 
 def test_one_shot_commands_go_through_the_running_engine_with_the_same_output(tmp_path):
@@ -39,7 +51,10 @@ def test_one_shot_commands_go_through_the_running_engine_with_the_same_output(tm
         intent_id = json.loads(as_json.stdout)["intent_id"]
         refused_there = one_shot(engine, "withdraw", "main", "500", "--currency", "USD")
         unknown_there = one_shot(engine, "close", "00000000-0000-0000-0000-000000000000")
-    assert actor_of(engine.store_url, intent_id) == "operator"  # the write token's name
+        misnamed_there = one_shot(engine, "deposit", "m" * 72, "1", "--currency", "USD")
+        odd_there = one_shot(engine, "deposit", "main", "1" * 80, "--currency", "USD")
+    # The write token's name, and who was at the terminal.
+    assert origin_of(engine.store_url, intent_id) == Origin(actor="operator", operator="alice")
 
     # Without an engine, a short-lived one does the same and says the same.
     alone = one_shot(engine, "deposit", "main", "100", "--currency", "USD")
@@ -52,6 +67,11 @@ def test_one_shot_commands_go_through_the_running_engine_with_the_same_output(tm
     unknown_here = one_shot(engine, "close", "00000000-0000-0000-0000-000000000000")
     assert unknown_there.returncode == unknown_here.returncode == 1
     assert unknown_there.stderr == unknown_here.stderr
+    misnamed_here = one_shot(engine, "deposit", "m" * 72, "1", "--currency", "USD")
+    assert (misnamed_there.returncode, misnamed_there.stderr) == (1, misnamed_here.stderr)
+    assert misnamed_here.stderr.startswith("ledger: account: 'mmmm")
+    odd_here = one_shot(engine, "deposit", "main", "1" * 80, "--currency", "USD")
+    assert (odd_there.returncode, odd_there.stderr) == (1, odd_here.stderr)
 
 
 def test_an_address_left_by_a_killed_engine_is_passed_over(tmp_path):
@@ -62,7 +82,7 @@ def test_an_address_left_by_a_killed_engine_is_passed_over(tmp_path):
         after = one_shot(engine, "deposit", "main", "7", "--currency", "USD", "--json")
     assert after.returncode == 0, after.stderr
     actor = actor_of(engine.store_url, json.loads(after.stdout)["intent_id"])
-    assert actor not in {None, "operator"}  # the operator at the terminal, not a token
+    assert actor == "alice"  # the operator at the terminal, not a token
 
 
 def test_token_show_creates_a_private_file_and_rotate_replaces_secrets(tmp_path):

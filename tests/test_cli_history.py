@@ -163,12 +163,12 @@ def test_wal_show_json_is_the_intent_and_what_it_wrote(written, tmp_path):
     [
         (["replay", "--until", "yesterday"], "until: 'yesterday' is not an ISO 8601 time"),
         (["replay", "--until", "2026-03-04T05:00:00"], "has no timezone"),
-        (["replay", "--position", "P-1"], "position: 'P-1' is not an id"),
+        (["replay", "--position", "P-1"], "position: 'P-1' is not a valid id"),
         (["replay", "--account", "no body"], "account: 'no body' must be"),
         (["statement", "nobody"], "no account 'nobody'"),
         (["statement", "main", "--csv", "--json"], "say --json or --csv"),
         (["statement", "main", "--from", "soon"], "from: 'soon' is not an ISO 8601 time"),
-        (["wal", "show", "not-an-id"], "intent: 'not-an-id' is not an id"),
+        (["wal", "show", "not-an-id"], "intent: 'not-an-id' is not a valid id"),
         (["wal", "show", str(uuid4())], "no intent"),
     ],
 )
@@ -223,7 +223,12 @@ def test_replay_and_wal_show_read_a_history_with_idempotency_keys(tmp_path):
     shown = json.loads(
         ledger("wal", "show", intent_id, "--json", "--store", setup.store_url, cwd=tmp_path).stdout
     )
-    assert shown["origin"] == {"actor": "bot", "key": "fund-1", "digest": "d" * 64}
+    assert shown["origin"] == {
+        "actor": "bot",
+        "key": "fund-1",
+        "digest": "d" * 64,
+        "operator": None,
+    }
     assert "request.recorded" in [record["type"] for record in shown["produced"]]
     assert ledger("audit", "verify", "--store", setup.store_url, cwd=tmp_path).returncode == 0
 

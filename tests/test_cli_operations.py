@@ -235,7 +235,7 @@ def test_a_side_that_is_not_buy_or_sell_is_a_usage_error(tmp_path):
             "quantity: '0.00001' has more than 4 decimal places",
         ),
         (["close", "00000000-0000-4000-8000-000000000001"], "no position 0000"),
-        (["close", "not-an-id"], "position: 'not-an-id' is not a position id"),
+        (["close", "not-an-id"], "position: 'not-an-id' is not a valid id"),
         (["set-sl", "{kept}", "60000.3"], "stop_loss: 60000.3 is not a multiple of 0.5"),
         (["close", "{gone}"], "is closed"),
         (["set-tp", "{gone}", "3000.00"], "is closed"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Any
-from uuid import UUID
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -35,6 +34,8 @@ from adapters.http.operations import OPERATIONS, Operation
 from adapters.http.service import Service
 from adapters.http.tokens import Scope, Token
 from audit.lifecycle import Lifecycle, lifecycle
+from ledger.errors import InvalidValue
+from ledger.ids import parse_id
 from ledger.origin import Origin
 from ledger.reconciliation import Trigger
 from ledger.results import OperationResult
@@ -59,7 +60,10 @@ ERRORS: dict[int, str] = {
     HTTPStatus.NOT_FOUND: "not_found: no such account, position or intent",
     HTTPStatus.CONFLICT: "idempotency_key_reused, request_in_flight, frozen, illegal_transition",
     HTTPStatus.UNPROCESSABLE_ENTITY: "invalid_value, insufficient_funds, refused, rejected",
-    HTTPStatus.SERVICE_UNAVAILABLE: "not_ready: recovery has not finished; store_unavailable",
+    HTTPStatus.SERVICE_UNAVAILABLE: (
+        "not_ready: recovery has not finished; store_unavailable, broker_unavailable, "
+        "tokens_unreadable"
+    ),
     HTTPStatus.GATEWAY_TIMEOUT: "outcome_unknown: the intent stays in flight for recovery",
 }
 """What every failure may be; its body is always an `ApiError`."""
@@ -84,6 +88,17 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=128,
         pattern=r"^[!-~]+$",
+    ),
+]
+
+OnBehalfOf = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Ledger-Operator",
+        description="Who is at the client's terminal; recorded beside the token's name.",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[!-~][ -~]*$",
     ),
 ]
 
@@ -135,12 +150,14 @@ def _operation_route(operation: type[Operation], summary: str) -> HTTPRouteHandl
         request: Request[Any, Any, Any],
         service: Service,
         idempotency_key: IdempotencyKey = None,
+        operator: OnBehalfOf = None,
     ) -> OperationResult:
         token: Token = request.state.token
         origin = Origin(
             actor=token.name,
             key=idempotency_key,
             digest=None if idempotency_key is None else data.digest(),
+            operator=operator,
         )
         result: OperationResult = await data.apply(service.running(), origin)
         return result
@@ -208,9 +225,15 @@ async def pending(service: Service) -> list[PendingIntentRow]:
     return await service.read(queries.pending_intents)
 
 
-@reading("/wal/{intent_id:uuid}", "One intent's lifecycle, evidence and events.")
-async def intent(service: Service, intent_id: UUID) -> Lifecycle:
-    return await service.read(lambda store: lifecycle(store, intent_id))
+@reading("/wal/{intent_id:str}", "One intent's lifecycle, evidence and events.")
+async def intent(service: Service, intent_id: str) -> Lifecycle:
+    # Taken as text and parsed here: a malformed id is a malformed request
+    # (400), not a route that does not exist (404).
+    try:
+        target = parse_id(intent_id, "intent")
+    except InvalidValue as error:
+        raise ValidationException(detail=str(error)) from None
+    return await service.read(lambda store: lifecycle(store, target))
 
 
 @reading("/limits", "Each account's limits and today's use of them.")

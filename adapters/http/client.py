@@ -20,12 +20,21 @@ from adapters.http.errors import ApiError
 from adapters.http.operations import Operation
 from adapters.http.server import EngineAddress, read_address
 from adapters.http.tokens import Tokens
+from ledger.origin import OPERATOR_PATTERN
 from ledger.results import OperationResult
 
 # Longer than an operation can take: the broker's timeout, then its evidence reads.
 ANSWER_TIMEOUT_SECONDS = 60.0
 UNAVAILABLE_CODES = frozenset(
-    {"outcome_unknown", "request_in_flight", "not_ready", "store_unavailable", "unreachable"}
+    {
+        "outcome_unknown",
+        "request_in_flight",
+        "not_ready",
+        "store_unavailable",
+        "broker_unavailable",
+        "tokens_unreadable",
+        "unreachable",
+    }
 )
 """Answers the CLI exits 3 for (the outcome is open or the engine cannot serve); others exit 1."""
 
@@ -60,8 +69,10 @@ def running_engine(store_url: str) -> EngineAddress | None:
     return address
 
 
-def send(store_url: str, address: EngineAddress, operation: Operation) -> OperationResult:
-    """Post `operation` to the engine at `address`; its result, or `ApiFailure`."""
+def send(
+    store_url: str, address: EngineAddress, operation: Operation, *, operator: str
+) -> OperationResult:
+    """Post `operation` to the engine at `address` for `operator`; its result, or `ApiFailure`."""
     token = Tokens.of_store(store_url).writer()
     if token is None:
         raise NoEngine("no write token beside the store")
@@ -79,10 +90,7 @@ def send(store_url: str, address: EngineAddress, operation: Operation) -> Operat
                 "POST",
                 operation.path,
                 body=msgspec.json.encode(operation),
-                headers={
-                    "Authorization": f"Bearer {token.secret}",
-                    "Content-Type": "application/json",
-                },
+                headers=_headers(token.secret, operator),
             )
             response = connection.getresponse()
             body = response.read()
@@ -106,3 +114,11 @@ def send(store_url: str, address: EngineAddress, operation: Operation) -> Operat
             code="unreachable", message=f"the engine answered HTTP {response.status}"
         )
     raise ApiFailure(failure)
+
+
+def _headers(secret: str, operator: str) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    # A name a header cannot carry (not ASCII, too long) is left out, not mangled.
+    if OPERATOR_PATTERN.fullmatch(operator):
+        headers["Ledger-Operator"] = operator
+    return headers

@@ -22,8 +22,10 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from adapters.http.tokens import TokenError
 from adapters.store import StoreError
 from ledger.errors import (
+    BrokerUnavailable,
     CurrencyMismatch,
     Frozen,
     IllegalTransition,
@@ -65,6 +67,7 @@ LEDGER_ERRORS: tuple[tuple[type[LedgerError], HTTPStatus, str], ...] = (
     (Frozen, HTTPStatus.CONFLICT, "frozen"),
     (IllegalTransition, HTTPStatus.CONFLICT, "illegal_transition"),
     (NotReady, HTTPStatus.SERVICE_UNAVAILABLE, "not_ready"),
+    (BrokerUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "broker_unavailable"),
     (LedgerError, HTTPStatus.UNPROCESSABLE_ENTITY, "refused"),
 )
 """Ledger errors by class, the first match wins (subclasses come before their bases)."""
@@ -119,6 +122,20 @@ def store_error(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     )
 
 
+def tokens_error(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    return answer(
+        HTTPStatus.SERVICE_UNAVAILABLE, ApiError(code="tokens_unreadable", message=str(error))
+    )
+
+
+def too_deep(_: Request[Any, Any, Any], _error: RecursionError) -> Response[bytes]:
+    # Only a request can nest this deeply: a body of thousands of brackets.
+    return answer(
+        HTTPStatus.BAD_REQUEST,
+        ApiError(code="malformed_request", message="the body is nested too deeply"),
+    )
+
+
 def internal_error(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     # The traceback goes to the engine's log, never into an answer.
     log.error("internal error answering a request", exc_info=error)
@@ -134,5 +151,7 @@ EXCEPTION_HANDLERS = {
     StoreError: store_error,
     PersistenceError: store_error,
     ProjectionError: store_error,
+    TokenError: tokens_error,
+    RecursionError: too_deep,
     Exception: internal_error,
 }

@@ -58,6 +58,8 @@ class Metrics:
         self.broker_seconds = Histogram(SECONDS_BUCKETS)
         self.reconciliations = 0
         self.differences: Counter[str] = Counter()
+        self.standing: Counter[str] = Counter()
+        """The differences the last pass found, by finding."""
 
     # The engine's observer --------------------------------------------------------------
 
@@ -74,8 +76,8 @@ class Metrics:
     def reconciled(self, report: Report) -> None:
         """A reconciliation pass ended; each finding is a difference between ledger and broker."""
         self.reconciliations += 1
-        for item in report.items:
-            self.differences[str(item.finding)] += 1
+        self.standing = Counter(str(item.finding) for item in report.items)
+        self.differences.update(self.standing)
 
     # The text -------------------------------------------------------------------------
 
@@ -107,10 +109,19 @@ class Metrics:
         yield from _family(
             "ledger_reconciliation_differences_total",
             "counter",
-            "Differences reconciliation found between ledger and broker, by finding.",
+            "Differences found between ledger and broker, by finding, summed over every pass.",
         )
         for finding, count in sorted(self.differences.items()):
             yield f'ledger_reconciliation_differences_total{{finding="{finding}"}} {count}'
+        yield from _family(
+            "ledger_reconciliation_differences",
+            "gauge",
+            "Differences between ledger and broker the last pass found, by finding.",
+        )
+        # Every finding ever seen stays a series: one that went away reads 0, not missing.
+        for finding in sorted(self.differences):
+            count = self.standing[finding]
+            yield f'ledger_reconciliation_differences{{finding="{finding}"}} {count}'
 
 
 def _family(name: str, kind: str, help_text: str) -> Iterator[str]:

@@ -20,14 +20,14 @@ from ledger.instruments import Side
 from ledger.origin import Origin
 from ledger.results import OperationResult
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["main"])]
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, examples=["BTCUSD"])]
-Currency = Annotated[str, msgspec.Meta(min_length=1, max_length=8, examples=["USD"])]
+# Text, checked by the ledger itself and not here, so an operation is refused
+# with the same message whether it comes through the API or the CLI.
+Name = Annotated[str, msgspec.Meta(examples=["main"])]
+Symbol = Annotated[str, msgspec.Meta(examples=["BTCUSD"])]
+Currency = Annotated[str, msgspec.Meta(examples=["USD"])]
 Number = Annotated[
     str,
     msgspec.Meta(
-        min_length=1,
-        max_length=64,
         examples=["2500.50"],
         description="A decimal number as a string; exact, never rounded.",
     ),

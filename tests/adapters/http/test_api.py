@@ -7,6 +7,7 @@ import re
 from uuid import UUID
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.store import Store
 from ledger.intent import Intent
@@ -231,9 +232,27 @@ def test_a_bad_idempotency_key_or_path_is_refused(engine):
         headers={"Idempotency-Key": "x" * 129},
     )
     assert answer.status_code == 400
-    assert engine.call("GET", "/wal/not-a-uuid").status_code in {400, 404}
+    not_an_id = engine.call("GET", "/wal/not-a-uuid")
+    assert not_an_id.status_code == 400
+    assert not_an_id.json() == {
+        "code": "malformed_request",
+        "message": "intent: 'not-a-uuid' is not a valid id",
+    }
     assert engine.call("GET", "/nowhere").json()["code"] == "no_such_endpoint"
     assert engine.call("DELETE", "/deposits").json()["code"] == "method_not_allowed"
+
+
+EXPECTED_FAMILIES = {
+    "ledger_operations": "counter",
+    "ledger_ready": "gauge",
+    "ledger_intents_in_flight": "gauge",
+    "ledger_circuit_breaker_open": "gauge",
+    "ledger_commit_seconds": "histogram",
+    "ledger_commit_batch_size": "histogram",
+    "ledger_broker_call_seconds": "histogram",
+    "ledger_reconciliations": "counter",
+    "ledger_reconciliation_differences": "gauge",
+}
 
 
 def _counter(metrics: str, name: str, labels: str = "") -> float:
@@ -269,6 +288,15 @@ def test_metrics_move_with_operations(engine):
     assert _counter(text, "ledger_reconciliations_total") == 1  # the startup pass
     assert "ledger_broker_call_seconds_bucket" in text
     assert "ledger_circuit_breaker_open 0" in text
+    # What Prometheus itself reads of it: every family, of its declared type.
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert {name: families[name].type for name in EXPECTED_FAMILIES} == EXPECTED_FAMILIES
+    (batches,) = (
+        sample.value
+        for sample in families["ledger_commit_batch_size"].samples
+        if sample.name.endswith("_count")
+    )
+    assert batches == _counter(text, "ledger_commit_seconds_count")
 
 
 def test_rotating_tokens_takes_effect_on_the_running_engine(engine):
@@ -283,3 +311,38 @@ def test_rotating_tokens_takes_effect_on_the_running_engine(engine):
     assert secrets["operator"] != old
     assert engine.call("GET", "/balances", who=secrets["operator"]).status_code == 200
     assert engine.call("GET", "/balances", who="reader").status_code == 200
+
+
+def test_input_that_reached_inside_the_engine_is_answered_with_a_code(engine):
+    before = engine.event_count()
+    deep = b"[" * 5000 + b"]" * 5000
+    nested = engine.call(
+        "POST", "/deposits", content=deep, headers={"Content-Type": "application/json"}
+    )
+    assert (nested.status_code, nested.json()["code"]) == (400, "malformed_request")
+    assert engine.event_count() == before
+    engine.call(
+        "POST",
+        "/deposits",
+        body={"account": "main", "amount": "999999999999990", "currency": "USD"},
+    )
+    written = engine.event_count()
+    too_much = engine.call(
+        "POST", "/deposits", body={"account": "main", "amount": "100", "currency": "USD"}
+    )
+    assert (too_much.status_code, too_much.json()["code"]) == (422, "invalid_value")
+    assert "more than the ledger can hold" in too_much.json()["message"]
+    assert engine.event_count() == written
+    # The engine goes on serving.
+    other = engine.call(
+        "POST", "/deposits", body={"account": "other", "amount": "1", "currency": "USD"}
+    )
+    assert other.status_code == 200, other.text
+
+
+def test_a_damaged_token_file_is_a_503_not_a_crash(engine):
+    tokens = next(engine.folder.glob("*.tokens"))
+    tokens.write_text('{"tokens": [')
+    answer = engine.call("GET", "/balances")
+    assert (answer.status_code, answer.json()["code"]) == (503, "tokens_unreadable")
+    assert engine.call("GET", "/health", who=None).status_code == 200
