@@ -46,7 +46,32 @@ kill_switch_app = typer.Typer(
 )
 
 AccountArgument = Annotated[str, typer.Argument(help="The ledger account.")]
-Text = Annotated[str | None, typer.Option(help="A value; see `ledger limits set --help`.")]
+
+
+TradesPerDay = Annotated[
+    str | None, typer.Option(help="Opens per UTC day, those in flight included.")
+]
+DailyLoss = Annotated[
+    str | None,
+    typer.Option(
+        help="An amount: today's net realised loss plus what open positions and opens in "
+        "flight could lose at their stops stays within it."
+    ),
+]
+DailyLossPct = Annotated[
+    str | None,
+    typer.Option(help="The same, in percent of the total less today's realised P&L."),
+]
+OpenPositions = Annotated[
+    str | None, typer.Option(help="Open positions, those in flight included.")
+]
+PositionNotional = Annotated[
+    str | None, typer.Option(help="One open's notional, at the worst price it may fill at.")
+]
+RiskPerTrade = Annotated[
+    str | None,
+    typer.Option(help="Percent of the total one stop-loss may put at stake (needs a stop)."),
+]
 Scope = Annotated[str | None, typer.Option("--account", help="One account.")]
 AllAccounts = Annotated[bool, typer.Option("--all", help="Every account.")]
 Flatten = Annotated[
@@ -73,12 +98,12 @@ def _account(store: Store, name: str) -> Account:
 @errors_as_exit_codes
 def set_limits(
     account: AccountArgument,
-    max_trades_per_day: Text = None,
-    max_daily_loss: Text = None,
-    max_daily_loss_pct: Text = None,
-    max_open_positions: Text = None,
-    max_position_notional: Text = None,
-    risk_per_trade_pct: Text = None,
+    max_trades_per_day: TradesPerDay = None,
+    max_daily_loss: DailyLoss = None,
+    max_daily_loss_pct: DailyLossPct = None,
+    max_open_positions: OpenPositions = None,
+    max_position_notional: PositionNotional = None,
+    risk_per_trade_pct: RiskPerTrade = None,
     stop_loss_margin_pct: Annotated[
         str | None,
         typer.Option(help="Percent of the per-trade risk a stop may use (default 95)."),
@@ -137,14 +162,21 @@ def show_limits(
         typer.echo(f"{row.account} ({row.currency}): {_describe(row.limits)}")
         typer.echo(
             f"  today: {row.trades_today} trades, {row.open_positions} open, "
-            f"lost {row.loss_today}, {row.at_risk_in_flight} at risk in flight, "
+            f"lost {row.loss_today}, {row.at_risk} at risk in open positions and in flight, "
             f"equity for daily percentages {row.equity}"
         )
+        for unbounded in row.unbounded:
+            typer.echo(f"  no stop-loss, nothing bounds its loss: {unbounded}")
 
 
 def _describe(limits: Limits) -> str:
     values = msgspec.structs.asdict(limits)
-    shown = [f"{name}={value}" for name, value in values.items() if value not in {None, False}]
+    # `is`, not `in`: a limit of 0 equals False, and is a limit all the same.
+    shown = [
+        f"{name}={value}"
+        for name, value in values.items()
+        if value is not None and value is not False
+    ]
     return ", ".join(shown) if shown else "none"
 
 

@@ -387,7 +387,6 @@ class Engine:
                 size,
                 worst,
                 stop,
-                reservation,
                 now.astimezone(UTC).date(),
             )
             # The reservation first: it refuses (insufficient funds) before changing anything.
@@ -556,7 +555,9 @@ class Engine:
             if stop_loss:
                 if stop is not None and quote is not None:
                     stops.check_side(held.side, stop, quote)
-                risk.check_stop_change(unit, ledger_account, held, stop)
+                risk.check_stop_change(
+                    unit, ledger_account, held, stop, self.clock().astimezone(UTC).date()
+                )
             intent = self._submitted(
                 unit,
                 intent_id,

@@ -2,12 +2,17 @@
 
 Limits are values an operator sets (`ledger limits set`); `Exposure` is
 what the account already uses today, counted at its worst case: every
-intent still in flight is taken to fill, and an open at risk of its whole
-stop-loss distance (or, without a stop, of everything it reserved). An
-open is allowed only if, with it, every limit still holds; so no sequence
-of accepted opens can end with a limit exceeded, whatever the broker
-answers later, except by what the ledger cannot know before the fill: the
-open's own fee, and how far the fill is from the quote it was checked at.
+intent still in flight is taken to fill, and every open position and open
+in flight at risk of its whole stop-loss distance and the fees still to
+pay. An open (or a stop moved away from the market) is allowed only if,
+with it, every limit still holds; so no sequence of accepted operations
+can end with a limit exceeded, whatever the broker answers later, except
+by a stop that fills past its level (a gap).
+
+The daily loss is the day's net realised P&L (fees included) when it is a
+loss, plus everything at risk. Without a stop-loss, a short's loss has no
+bound: under a daily loss limit, such a position or open refuses every
+new open until it has a stop.
 """
 
 from __future__ import annotations
@@ -92,16 +97,19 @@ class Exposure(msgspec.Struct, frozen=True, kw_only=True):
     loss_today: Money
     """Realised losses and fees today, net of realised gains; never below zero."""
     at_risk: Money
-    """What the opens in flight could still lose."""
+    """What the open positions and the opens in flight could still lose, at their stops."""
     equity: Money
     """The account's total without today's realised P&L: what daily loss percentages are of."""
+    unbounded: tuple[str, ...] = ()
+    """Positions and opens in flight whose loss nothing bounds (a short without a stop)."""
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
     """What a new open would add."""
 
     notional: Money
-    at_risk: Money
+    at_risk: Money | None
+    """None: nothing bounds its loss."""
 
 
 def check_open(limits: Limits, exposure: Exposure, trade: Trade) -> None:
@@ -124,28 +132,42 @@ def check_open(limits: Limits, exposure: Exposure, trade: Trade) -> None:
             Control.MAX_POSITION_NOTIONAL,
             f"notional {trade.notional} is above the limit {limits.max_position_notional}",
         )
-    worst = exposure.loss_today + exposure.at_risk + trade.at_risk
-    if limits.max_daily_loss is not None and worst > limits.max_daily_loss:
-        raise Refused(Control.MAX_DAILY_LOSS, _loss_detail(exposure, trade, limits.max_daily_loss))
+    check_daily_loss(limits, exposure, trade.at_risk, "this open")
+
+
+def check_daily_loss(limits: Limits, exposure: Exposure, at_risk: Money | None, what: str) -> None:
+    """Refuse adding `at_risk` (what `what` could lose; None: unbounded) past a daily loss limit."""
+    caps: list[tuple[Control, Money, str]] = []
+    if limits.max_daily_loss is not None:
+        caps.append((Control.MAX_DAILY_LOSS, limits.max_daily_loss, ""))
     if limits.max_daily_loss_pct is not None:
         cap = Money.rounded(
             exposure.equity.amount * limits.max_daily_loss_pct / 100,
             exposure.equity.currency,
             decimal.ROUND_DOWN,
         )
+        caps.append(
+            (
+                Control.MAX_DAILY_LOSS_PCT,
+                cap,
+                f" ({limits.max_daily_loss_pct}% of {exposure.equity})",
+            )
+        )
+    for control, cap, basis in caps:
+        if at_risk is None:
+            raise Refused(control, f"{what} has no stop-loss: nothing bounds its loss by {cap}")
+        if exposure.unbounded:
+            raise Refused(
+                control, f"{exposure.unbounded[0]}: nothing bounds its loss; give it a stop-loss"
+            )
+        worst = exposure.loss_today + exposure.at_risk + at_risk
         if worst > cap:
             raise Refused(
-                Control.MAX_DAILY_LOSS_PCT,
-                _loss_detail(exposure, trade, cap)
-                + f" ({limits.max_daily_loss_pct}% of {exposure.equity})",
+                control,
+                f"lost {exposure.loss_today} today, {exposure.at_risk} at risk in open "
+                f"positions and in flight, {at_risk} at risk in {what}: "
+                f"more than the limit {cap}{basis}",
             )
-
-
-def _loss_detail(exposure: Exposure, trade: Trade, cap: Money) -> str:
-    return (
-        f"lost {exposure.loss_today} today, {exposure.at_risk} at risk in flight, "
-        f"{trade.at_risk} at risk in this open: more than the limit {cap}"
-    )
 
 
 LIMIT_NAMES = tuple(field for field in Limits.__struct_fields__)

@@ -17,10 +17,10 @@ from uuid import UUID
 from ledger import stops
 from ledger.account import Account
 from ledger.controls import KillSwitch, RiskControls, controls_id
-from ledger.errors import Refused
+from ledger.errors import InvariantViolated, Refused
 from ledger.instruments import Instrument, Price, Quantity, Side
 from ledger.intent import Intent
-from ledger.limits import Control, Exposure, Limits, Trade, check_open
+from ledger.limits import Control, Exposure, Limits, Trade, check_daily_loss, check_open
 from ledger.money import Money
 from ledger.position import Position
 from ledger.writer import UnitOfWork
@@ -47,24 +47,53 @@ def refuse_if_killed(unit: UnitOfWork, account: Account, what: str) -> None:
         )
 
 
-def exposure(unit: UnitOfWork, account: Account, day: date) -> Exposure:
-    """What `account` uses of its limits on `day`, every intent in flight taken to fill."""
+def exposure(
+    unit: UnitOfWork, account: Account, day: date, *, without: UUID | None = None
+) -> Exposure:
+    """What `account` uses of its limits on `day`, at worst case (`without` one position).
+
+    Every intent in flight is taken to fill, and every open position and
+    open in flight to lose down to its stop-loss, fees included.
+    """
     usage = account.usage_on(day)
-    # Only opens hold reservations: each one in flight may still open a position.
-    in_flight = [unit.get(Intent, intent_id) for intent_id in account.reservations]
     at_risk = Money.zero(account.currency)
-    for intent in in_flight:
+    unbounded: list[str] = []
+    # Only opens hold reservations: each one in flight may still open a position.
+    for intent_id in account.reservations:
+        intent = unit.get(Intent, intent_id)
         if intent is None:
+            raise InvariantViolated(f"account {account.name} reserves for a missing intent")
+        if intent.at_risk is None:
+            unbounded.append(f"an open in flight (intent {intent_id})")
+        else:
+            at_risk += intent.at_risk
+    for position_id in account.commitments:
+        if position_id == without:
             continue
-        worst = intent.reservation if intent.at_risk is None else intent.at_risk
-        if worst is not None:
-            at_risk += worst
+        held = unit.get(Position, position_id)
+        if held is None or not held.is_open:
+            raise InvariantViolated(f"account {account.name} commits funds to no open position")
+        risk = position_risk(held, held.stop_loss)
+        if risk is None:
+            unbounded.append(f"position {position_id} ({held.side} {held.instrument.symbol})")
+        else:
+            at_risk += risk
     return Exposure(
-        trades_today=usage.opened + len(in_flight),
-        open_positions=len(account.commitments) + len(in_flight),
+        trades_today=usage.opened + len(account.reservations),
+        open_positions=len(account.commitments) + len(account.reservations),
         loss_today=max(-usage.net_pnl, Money.zero(account.currency)),
         at_risk=at_risk,
         equity=account.total - usage.net_pnl,
+        unbounded=tuple(unbounded),
+    )
+
+
+def position_risk(held: Position, stop: Decimal | None) -> Money | None:
+    """What `held` can still lose with its stop-loss at `stop`; None when nothing bounds it."""
+    if stop is None:
+        return stops.unprotected_risk(held.instrument, held.side, held.quantity, held.entry_price)
+    return stops.holding_risk(
+        held.instrument, held.side, held.quantity, held.entry_price, Price(stop)
     )
 
 
@@ -76,23 +105,24 @@ def check_new_open(
     quantity: Quantity,
     entry: Price,
     stop: Decimal | None,
-    reservation: Money,
     day: date,
-) -> Money:
+) -> Money | None:
     """Refuse an open the kill switch, the limits or the stop-loss rules forbid.
 
     `entry` is the worst price the open may fill at. Returns what the open
-    puts at risk: its stop-loss distance and both fees, or without a stop,
-    everything it reserves and the fee on the way in.
+    puts at risk: its stop-loss distance and both fees, or without a stop
+    what it could lose in all and the fee on the way in; None when nothing
+    bounds that (a short without a stop).
     """
     refuse_if_killed(unit, account, "new opens")
     limits = controls(unit, account.id).limits
     stops.check_risk(instrument, side, quantity, entry, stop, limits=limits, total=account.total)
-    at_risk = (
-        reservation + instrument.fee(quantity, entry)
+    held = (
+        stops.unprotected_risk(instrument, side, quantity, entry)
         if stop is None
-        else stops.worst_loss(instrument, side, quantity, entry, Price(stop))
+        else stops.holding_risk(instrument, side, quantity, entry, Price(stop))
     )
+    at_risk = None if held is None else held + instrument.fee(quantity, entry)
     notional = Money.rounded(
         instrument.notional(quantity, entry), instrument.quote_currency, decimal.ROUND_UP
     )
@@ -101,12 +131,13 @@ def check_new_open(
 
 
 def check_stop_change(
-    unit: UnitOfWork, account: Account, held: Position, stop: Decimal | None
+    unit: UnitOfWork, account: Account, held: Position, stop: Decimal | None, day: date
 ) -> None:
     """Refuse moving `held`'s stop-loss to `stop` if that widens it past what is allowed.
 
     Tightening is always allowed, kill switch or not; widening (or
-    removing) is a new risk, so the kill switch and the per-trade cap apply.
+    removing) is a new risk, so the kill switch, the per-trade cap and the
+    daily loss limits apply.
     """
     if not stops.widens(held.side, held.stop_loss, stop):
         return
@@ -120,4 +151,10 @@ def check_stop_change(
         stop,
         limits=limits,
         total=account.total,
+    )
+    check_daily_loss(
+        limits,
+        exposure(unit, account, day, without=held.id),
+        position_risk(held, stop),
+        f"position {held.id}",
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from ledger.errors import Refused
-from ledger.instruments import Instrument, Price, Quantity, Side
+from ledger.instruments import Funding, Instrument, Price, Quantity, Side
 from ledger.limits import Control, Limits
 from ledger.money import Money
 from ledger.ports import Quote
@@ -50,11 +50,30 @@ def worst_loss(
     instrument: Instrument, side: Side, quantity: Quantity, entry: Price, stop: Price
 ) -> Money:
     """What a position entered at `entry` loses when its stop fills: the move and both fees."""
-    return (
-        instrument.loss_at(side, quantity, entry, stop)
-        + instrument.fee(quantity, entry)
-        + instrument.fee(quantity, stop)
-    )
+    return instrument.fee(quantity, entry) + holding_risk(instrument, side, quantity, entry, stop)
+
+
+def holding_risk(
+    instrument: Instrument, side: Side, quantity: Quantity, entry: Price, stop: Price
+) -> Money:
+    """What a position held from `entry` can still lose to its stop: the move and the fee out."""
+    return instrument.loss_at(side, quantity, entry, stop) + instrument.fee(quantity, stop)
+
+
+def unprotected_risk(
+    instrument: Instrument, side: Side, quantity: Quantity, entry: Price
+) -> Money | None:
+    """What a position without a stop-loss can lose; None when nothing bounds it.
+
+    A stake loses at most its stake, a long at most its whole value (the
+    price falling to zero, where no fee is left to pay); a short, nothing
+    bounds.
+    """
+    if instrument.funding is Funding.STAKE:
+        return instrument.funds_required(quantity, entry)
+    if side is Side.LONG:
+        return instrument.loss_at(side, quantity, entry, Price(Decimal(0)))
+    return None
 
 
 def check_risk(

@@ -29,8 +29,11 @@ class LimitsRow(msgspec.Struct, frozen=True, kw_only=True):
     trades_today: int
     open_positions: int
     loss_today: Decimal
-    at_risk_in_flight: Decimal
+    at_risk: Decimal
+    """What open positions and opens in flight could still lose, at their stops."""
     equity: Decimal
+    unbounded: list[str]
+    """Positions and opens in flight that nothing bounds the loss of (no stop-loss)."""
 
 
 class SwitchRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,8 +59,9 @@ def limits_row(store: LedgerStore, held: Account) -> LimitsRow:
         trades_today=used.trades_today,
         open_positions=used.open_positions,
         loss_today=used.loss_today.amount,
-        at_risk_in_flight=used.at_risk.amount,
+        at_risk=used.at_risk.amount,
         equity=used.equity.amount,
+        unbounded=list(used.unbounded),
     )
 
 

@@ -148,7 +148,7 @@ def test_limits_set_are_shown_as_json_with_decimals_as_strings(desk):
         "require_stop_loss": True,
     }
     assert (row["account"], row["currency"], row["trades_today"]) == ("main", "USD", 0)
-    assert (row["loss_today"], row["at_risk_in_flight"], row["equity"]) == (
+    assert (row["loss_today"], row["at_risk"], row["equity"]) == (
         "0.00",
         "0.00",
         "100000.00",

@@ -21,6 +21,8 @@ from ledger.errors import OutcomeUnknown, Refused
 from ledger.instruments import Price, Quantity, Side
 from ledger.intent import Intent
 from ledger.limits import Control, Limits, updated
+from ledger.money import Money
+from ledger.position import Position
 from ledger.refusals import OperationRefused
 from ledger.risk import exposure
 from ledger.stops import worst_loss
@@ -31,6 +33,10 @@ from tests.ledger.test_engine import Setup
 
 pytestmark = pytest.mark.anyio
 MAIN = account_id("main")
+
+
+def usd(text: str) -> Money:
+    return Money.parse(text, "USD")
 
 
 @pytest.fixture
@@ -141,10 +147,11 @@ async def test_intents_in_flight_count_at_their_worst_case(tmp_path):
         assert account is not None
         used = exposure(UnitOfWork({}, store), account, datetime.now(UTC).date())
     assert (used.open_positions, used.trades_today) == (1, 1)
-    # Without a stop, its worst case is all it reserves, and the fee on the way in.
+    # Without a stop, a long's worst case is its whole value at the worst price it may fill
+    # at (0.2% past the quote), and the fee on the way in; it reserved 1% past the quote.
     ((intent_id, reserved),) = account.reservations.items()
     assert used.at_risk == setup.intent(intent_id).at_risk
-    assert reserved.amount < used.at_risk.amount <= reserved.amount * Decimal("1.001")
+    assert reserved.amount * Decimal("0.99") < used.at_risk.amount < reserved.amount
 
 
 async def test_a_kill_switch_engaged_elsewhere_stops_the_running_engine_at_once(ready):
@@ -318,3 +325,82 @@ async def test_limits_set_while_the_engine_runs_apply_to_its_next_open(ready):
         controls = store.get(RiskControls, controls_id(MAIN))
     assert controls is not None
     assert controls.limits == Limits(max_open_positions=1)
+
+
+async def test_open_positions_count_against_the_daily_loss_at_their_stops(ready):
+    set_limits(ready, max_daily_loss="20")
+    opened = []
+    async with ready.engine() as engine:
+        quote = await engine.broker.quote("BTCUSD")
+        instrument = await engine.instrument("BTCUSD")
+        stop = Price(quote.bid - 100)
+        with pytest.raises(Refused, match="max_daily_loss"):  # noqa: PT012 - the fifth is refused
+            for _ in range(5):
+                result = await engine.open_position(
+                    "main", "BTCUSD", "long", "0.02", stop_loss=stop
+                )
+                opened.append(result)
+    # Each risks about 2 + 2 x 0.65 in fees: four fit in 20.00, never five.
+    assert 2 <= len(opened) <= 4
+    with Store.open(ready.store_url) as store:
+        account = store.get(Account, MAIN)
+        assert account is not None
+        used = exposure(UnitOfWork({}, store), account, datetime.now(UTC).date())
+        positions = [store.get(Position, result.position_id) for result in opened]
+    held_risk = sum(
+        (
+            instrument.loss_at(p.side, p.quantity, p.entry_price, stop)
+            + instrument.fee(p.quantity, stop)
+            for p in positions
+            if p is not None
+        ),
+        usd("0"),
+    )
+    assert used.at_risk == held_risk
+    assert used.loss_today + used.at_risk <= usd("20")
+
+
+async def test_a_stop_moved_away_is_held_to_the_daily_loss_too(ready):
+    async with ready.engine() as engine:
+        quote = await engine.broker.quote("BTCUSD")
+        opened = await engine.open_position(
+            "main", "BTCUSD", "long", "0.02", stop_loss=quote.bid - 100
+        )
+        assert opened.position_id is not None
+        set_limits(ready, max_daily_loss="20")
+        await engine.change_stop_loss(opened.position_id, quote.bid - 200)  # about 5.30 at risk
+        with pytest.raises(Refused, match=r"max_daily_loss: .* at risk in position"):
+            await engine.change_stop_loss(opened.position_id, quote.bid - 1000)
+        # Without its stop, a long may lose its whole value: far past the limit.
+        with pytest.raises(
+            Refused, match=r"max_daily_loss: .* 13\d\d\.\d\d USD at risk in position"
+        ):
+            await engine.change_stop_loss(opened.position_id, None)
+        await engine.change_stop_loss(opened.position_id, quote.bid - 50)  # tighter: always
+
+
+async def test_under_a_daily_loss_limit_a_short_needs_a_stop_and_a_naked_one_blocks_opens(ready):
+    async with ready.engine() as engine:
+        naked = await engine.open_position("main", "BTCUSD", "short", "0.01")
+        set_limits(ready, max_daily_loss="500")
+        quote = await engine.broker.quote("BTCUSD")
+        with pytest.raises(Refused, match=f"position {naked.position_id} .*: nothing bounds"):
+            await engine.open_position("main", "BTCUSD", "long", "0.01", stop_loss=quote.bid - 10)
+        await engine.change_stop_loss(naked.position_id, quote.ask + 100)
+        with pytest.raises(Refused, match="this open has no stop-loss: nothing bounds its loss"):
+            await engine.open_position("main", "BTCUSD", "short", "0.01")
+        await engine.open_position("main", "BTCUSD", "long", "0.01", stop_loss=quote.bid - 10)
+    assert {r.control for r in refusals(ready)} == {Control.MAX_DAILY_LOSS}
+
+
+async def test_a_margin_long_without_a_stop_is_at_risk_of_its_whole_value(ready):
+    async with ready.engine() as engine:
+        quote = await engine.broker.quote("EURUSD")
+        instrument = await engine.instrument("EURUSD")
+        opened = await engine.open_position("main", "EURUSD", "long", "0.01")
+    intent = ready.intent(opened.intent_id)
+    worst = instrument.worst_fill(Side.LONG, Price(quote.ask), PRICE_PROTECTION)
+    value = Money.rounded(Decimal("0.01") * instrument.contract_size * worst, "USD", "ROUND_UP")
+    assert intent.at_risk == value + instrument.fee(Quantity(Decimal("0.01")), worst)
+    assert intent.reservation is not None
+    assert intent.at_risk.amount > intent.reservation.amount * 10  # leverage 30

@@ -47,7 +47,7 @@ from ledger.account import ACCOUNT_EVENTS, Account, FeeCharged, PnlRealised, acc
 from ledger.aggregate import Aggregate
 from ledger.breaker import BreakerClosed, BreakerOpened
 from ledger.controls import CONTROLS_EVENTS, RiskControls, controls_id
-from ledger.engine import RESERVATION_MARGIN, Engine
+from ledger.engine import Engine
 from ledger.errors import (
     IllegalTransition,
     InsufficientFunds,
@@ -58,7 +58,7 @@ from ledger.errors import (
     Refused,
 )
 from ledger.events import Event
-from ledger.instruments import Price, Quantity, Side
+from ledger.instruments import Funding, Instrument, Price, Quantity, Side
 from ledger.intent import (
     CloseRequest,
     Intent,
@@ -76,17 +76,26 @@ from ledger.ports import ProtectionRequest, Quote, WriteResult
 from ledger.position import POSITION_EVENTS, Position, PositionOpened, StopLossChanged
 from ledger.refusals import OperationRefused
 from ledger.risk import exposure
-from ledger.stops import widens, worst_loss
+from ledger.stops import worst_loss
 from ledger.writer import UnitOfWork
 from recovery.flatten import flatten_latched
 from tests.ledger.test_engine import Setup
-from tests.ledger.test_engine_machine import CURRENCY, STEPS_OF, from_cents, usd
+from tests.ledger.test_engine_machine import CURRENCY, from_cents, usd
 from tests.ledger.test_risk_controls import engage, funded, refusals, set_limits
 
 ACCOUNTS = ("main", "desk")
 SCOPES: tuple[str | None, ...] = (None, *ACCOUNTS)
 """A kill switch's scope: None is every account."""
-FAULTS = "timeout_before_accept:0.25,timeout_after_accept:0.1,stale_quote:0.03,market_closed:0.03"
+FAULTS = (
+    "timeout_before_accept:0.25,timeout_after_accept:0.1,stale_quote:0.03,market_closed:0.03,"
+    "partial_fill:0.05,duplicate_ack:0.05"
+)
+# Paid in full (BTCUSD, ETHUSD) and on margin (EURUSD, 30:1), in quantity steps.
+STEPS_OF: dict[str, tuple[int, int]] = {
+    "BTCUSD": (10, 500),
+    "ETHUSD": (10, 1000),
+    "EURUSD": (1, 50),
+}
 BROKER_FUNDS = "10000000"
 OPERATOR = "risk-desk"
 
@@ -125,6 +134,54 @@ def fold(aggregate: Aggregate | None, cls: type[Aggregate], stored: Event) -> Ag
     return cls.project(aggregate, [stored])
 
 
+def cents_up(amount: Decimal) -> Money:
+    return Money(
+        amount=amount.quantize(Decimal("0.01"), rounding=decimal.ROUND_UP), currency=CURRENCY
+    )
+
+
+def fee_at(instrument: Instrument, quantity: Decimal, price: Decimal) -> Money:
+    return cents_up(quantity * instrument.contract_size * price * instrument.fee_rate)
+
+
+def loss_to(
+    instrument: Instrument, side: Side, quantity: Decimal, entry: Decimal, exit_: Decimal
+) -> Money:
+    """What closing at `exit_` loses, never below zero (this machine trades no stakes)."""
+    assert instrument.funding is not Funding.STAKE
+    return cents_up(
+        max((entry - exit_) * side.sign, Decimal(0)) * quantity * instrument.contract_size
+    )
+
+
+def risk_of(
+    instrument: Instrument, side: Side, quantity: Decimal, entry: Decimal, stop: Decimal | None
+) -> Money | None:
+    """What a position held from `entry` can still lose with its stop at `stop`; None: unbounded.
+
+    Worked out here, apart from the engine's own arithmetic: the move to the
+    stop and the fee out; without a stop, a long's whole value, a short unbounded.
+    """
+    if stop is None:
+        return (
+            None if side is Side.SHORT else loss_to(instrument, side, quantity, entry, Decimal(0))
+        )
+    return loss_to(instrument, side, quantity, entry, stop) + fee_at(instrument, quantity, stop)
+
+
+def moves_away(side: Side, old: Decimal | None, new: Decimal | None) -> bool:
+    """Whether a stop moved from `old` to `new` left the position less protected."""
+    if old is None:
+        return False
+    if new is None:
+        return True
+    return (old - new) * side.sign > 0
+
+
+def held_risk(held: Position, stop: Decimal | None) -> Money | None:
+    return risk_of(held.instrument, held.side, held.quantity, held.entry_price, stop)
+
+
 INTENT_ENDS = (IntentCompleted, IntentFailed, IntentRolledBack, IntentResolvedByOperator)
 FOLDED: dict[type[Event], type[Aggregate]] = {
     **dict.fromkeys(ACCOUNT_EVENTS, Account),
@@ -145,8 +202,8 @@ class History:
 
     read_to: int = 0
     aggregates: dict[UUID, Aggregate] = field(default_factory=dict)
-    worst: dict[UUID, Money] = field(default_factory=dict)
-    """Each open intent's worst case, as recorded."""
+    worst: dict[UUID, Money | None] = field(default_factory=dict)
+    """Each open intent's worst case, as recorded (None: unbounded)."""
     opening: dict[UUID, UUID] = field(default_factory=dict)
     """Open intents not yet concluded, and their accounts."""
     widened: dict[UUID, Decimal | None] = field(default_factory=dict)
@@ -221,13 +278,11 @@ class History:
             if cap is not None:
                 assert event.at_risk is not None
                 assert event.at_risk <= cap, f"open risks {event.at_risk}, cap {cap}"
-            worst = event.at_risk or event.reservation
-            assert worst is not None
-            self._check_exposure(event, limits, worst)
-            self.worst[event.originator_id] = worst
+            self._check_exposure(event, limits, event.at_risk)
+            self.worst[event.originator_id] = event.at_risk
         elif isinstance(payload, ProtectionChange):
             held = self.position(payload.position_id)
-            if not widens(held.side, held.stop_loss, payload.stop_loss):
+            if not moves_away(held.side, held.stop_loss, payload.stop_loss):
                 return
             assert engaged is None, (
                 f"stop-loss of {held.id} widened from {held.stop_loss} to "
@@ -236,20 +291,20 @@ class History:
             if limits.require_stop_loss or cap is not None:
                 assert payload.stop_loss is not None, f"stop-loss of {held.id} removed"
             if cap is not None and payload.stop_loss is not None:
-                loss = worst_loss(
-                    held.instrument,
-                    held.side,
-                    held.quantity,
-                    held.entry_price,
-                    Price(payload.stop_loss),
-                )
+                instrument = held.instrument
+                loss = held_risk(held, payload.stop_loss)
+                assert loss is not None
+                loss += fee_at(instrument, held.quantity, held.entry_price)
                 assert loss <= cap, (
                     f"stop-loss of {held.id} widened to {payload.stop_loss}: "
                     f"{loss} at stake, cap {cap}"
                 )
+            self._check_daily_loss(
+                event, limits, held_risk(held, payload.stop_loss), without=held.id
+            )
             self.widened[event.originator_id] = payload.stop_loss
 
-    def _check_exposure(self, event: IntentRecorded, limits: Limits, worst: Money) -> None:
+    def _check_exposure(self, event: IntentRecorded, limits: Limits, worst: Money | None) -> None:
         """With this open counted in flight, the account is within every limit."""
         account = self.account(event.account_id)
         day = account.usage_on(event.recorded_at.astimezone(UTC).date())
@@ -259,24 +314,47 @@ class History:
         in_flight = len(others) + 1
         trades = day.opened + in_flight
         held_open = len(account.commitments) + in_flight
-        at_risk = sum((self.worst[i] for i in others), worst)
-        lost = max(-day.net_pnl, Money.zero(account.currency))
-        shown = f"open {event.originator_id}: {trades} trades, {held_open} open, {lost} lost, "
-        shown += f"{at_risk} at risk; {limits}"
+        shown = f"open {event.originator_id}: {trades} trades, {held_open} open; {limits}"
         if limits.max_trades_per_day is not None:
             assert trades <= limits.max_trades_per_day, shown
         if limits.max_open_positions is not None:
             assert held_open <= limits.max_open_positions, shown
+        self._check_daily_loss(event, limits, worst)
+
+    def _check_daily_loss(
+        self,
+        event: IntentRecorded,
+        limits: Limits,
+        adding: Money | None,
+        *,
+        without: UUID | None = None,
+    ) -> None:
+        """The day's loss, every open position and open in flight at its worst, and `adding`
+        (None: unbounded) stay within the daily limits."""
+        if limits.max_daily_loss is None and limits.max_daily_loss_pct is None:
+            return
+        account = self.account(event.account_id)
+        day = account.usage_on(event.recorded_at.astimezone(UTC).date())
+        risks: list[Money | None] = [adding]
+        risks += [self.worst[i] for i in account.reservations if i != event.originator_id]
+        risks += [
+            held_risk(held, held.stop_loss)
+            for held in self.open_positions()
+            if held.account_id == account.id and held.id != without
+        ]
+        shown = f"{event.originator_id} ({type(event.payload).__name__}): {risks}; {limits}"
+        assert None not in risks, f"an unbounded loss under a daily limit: {shown}"
+        at_risk = sum((risk for risk in risks if risk is not None), Money.zero(CURRENCY))
+        worst = max(-day.net_pnl, Money.zero(account.currency)) + at_risk
         if limits.max_daily_loss is not None:
-            assert lost + at_risk <= limits.max_daily_loss, shown
+            assert worst <= limits.max_daily_loss, shown
         if limits.max_daily_loss_pct is not None:
             equity = account.total - day.net_pnl
-            cap = equity.amount * limits.max_daily_loss_pct / 100
-            assert (lost + at_risk).amount <= cap, shown
+            assert worst.amount <= equity.amount * limits.max_daily_loss_pct / 100, shown
 
     def _check_stop_change(self, event: StopLossChanged) -> None:
         held = self.position(event.originator_id)
-        if not widens(held.side, event.old, event.new):
+        if not moves_away(held.side, event.old, event.new):
             return
         # A stop moves away from the market only by a change checked as a widening.
         assert event.intent_id in self.widened, (
@@ -481,15 +559,10 @@ class RiskMachine(RuleBasedStateMachine):
         # Past every control: the intent was recorded, whatever the broker said.
         assert not killed, f"an open in {name} went through its kill switch"
         intent = self.recorded_one_intent(before)
-        # Its worst case, as limits count it: the stop's distance from the worst price its
-        # order may fill at, and both fees; or without a stop everything it reserved and
-        # the fee on the way in.
-        expected = (
-            instrument.funds_required(quantity, Price(entry * (1 + RESERVATION_MARGIN)))
-            + instrument.fee(quantity, worst)
-            if stop is None
-            else worst_loss(instrument, side, quantity, worst, Price(stop))
-        )
+        # Its worst case, as limits count it: from the worst price its order may fill at,
+        # what it can lose once held, and the fee on the way in.
+        held = risk_of(instrument, side, quantity, worst, stop)
+        expected = None if held is None else held + fee_at(instrument, quantity, worst)
         assert intent.at_risk == expected, (intent.at_risk, expected)
         _, used = self.used(name)
         self._assert_within(name, limits, used, notional)
@@ -563,7 +636,7 @@ class RiskMachine(RuleBasedStateMachine):
         if permille is not None:
             stop = stop_at(held.instrument.price_tick, held.side, quote, permille)
         name = next(n for n in ACCOUNTS if account_id(n) == held.account_id)
-        wider = widens(held.side, held.stop_loss, stop)
+        wider = moves_away(held.side, held.stop_loss, stop)
         before = self.before()
         try:
             self.portal.call(
@@ -704,18 +777,22 @@ class RiskMachine(RuleBasedStateMachine):
         assert len(refusals) == self.refused
 
     @invariant()
-    def exposure_counts_the_day_and_every_open_in_flight(self) -> None:
+    def exposure_counts_the_day_every_open_position_and_every_open_in_flight(self) -> None:
         if self.folder is None:
             return
         self.history.follow(self.reader)
         for name in ACCOUNTS:
             _, used = self.used(name)
-            assert used == self.tallied(name), name
+            tallied = self.tallied(name)
+            assert sorted(used.unbounded) == sorted(tallied.unbounded), name
+            assert msgspec.structs.replace(used, unbounded=()) == msgspec.structs.replace(
+                tallied, unbounded=()
+            ), name
 
     def tallied(self, name: str) -> Exposure:
         """`name`'s exposure today, counted from the log alone (not by `ledger.risk`): its
-        positions opened today and open now, its realised P&L and fees today, and its opens
-        still in flight at their recorded worst case."""
+        positions opened today and open now, its realised P&L and fees today, its opens
+        still in flight at their recorded worst case and its open positions at their stops."""
         identity = account_id(name)
         today = datetime.now(UTC).date()
         opened = 0
@@ -730,15 +807,24 @@ class RiskMachine(RuleBasedStateMachine):
             elif isinstance(stored, FeeCharged) and stored.originator_id == identity:
                 net -= stored.amount.amount
         in_flight = [i for i, owner in self.history.opening.items() if owner == identity]
-        at_risk = sum((self.history.worst[i] for i in in_flight), Money.zero(CURRENCY))
         held_open = [p for p in self.history.open_positions() if p.account_id == identity]
+        risks = [self.history.worst[i] for i in in_flight]
+        risks += [held_risk(held, held.stop_loss) for held in held_open]
+        unbounded = [
+            f"an open in flight (intent {i})" for i in in_flight if self.history.worst[i] is None
+        ] + [
+            f"position {p.id} ({p.side} {p.instrument.symbol})"
+            for p in held_open
+            if held_risk(p, p.stop_loss) is None
+        ]
         total = self.history.account(identity).total
         return Exposure(
             trades_today=opened + len(in_flight),
             open_positions=len(held_open) + len(in_flight),
             loss_today=usd(max(-net, Decimal(0))),
-            at_risk=at_risk,
+            at_risk=sum((risk for risk in risks if risk is not None), Money.zero(CURRENCY)),
             equity=total - usd(net),
+            unbounded=tuple(unbounded),
         )
 
     @invariant()
