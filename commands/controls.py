@@ -213,22 +213,28 @@ def engage(
 
 
 def _flatten_now(store: str, broker: str, scope: UUID | None) -> None:
-    async def once() -> list[Closing]:
+    async def once() -> tuple[list[Closing], list[UUID]]:
         async with open_engine(store=store, broker=broker) as engine:
-            return await engine.flatten(scope)
+            closings = await engine.flatten(scope)
+            return closings, await engine.open_positions(scope)
 
     try:
-        closings = anyio.run(once)
+        closings, still_open = anyio.run(once)
     except LeaseHeld:
-        typer.echo("a running engine holds the store: its next reconciliation pass flattens")
+        typer.echo(
+            "a running engine holds the store: its reconciliation passes flatten "
+            "(if it runs them: see `ledger run --reconcile-every`)"
+        )
         return
     for line in _closing_lines(closings):
         typer.echo(line)
-    left = sum(1 for closing in closings if closing.result is None)
-    if left:
+    if still_open:
+        # A close may be done and its position not: a partly filled close
+        # leaves the rest working at the broker.
         fail(
-            f"{left} position(s) not closed yet; the switch stays latched: run "
-            "`ledger kill-switch flatten` again (or `ledger run`) once the broker answers",
+            f"{len(still_open)} position(s) still open; the switch stays latched: run "
+            "`ledger kill-switch flatten` again (or `ledger run`) once the broker has filled "
+            "or answered",
             EXIT_UNAVAILABLE,
         )
 

@@ -463,12 +463,21 @@ class Engine:
         """Close every open position of `account` (None: of every account), each by an intent.
 
         What the kill switch's `--flatten` runs. Positions with a close
-        already in flight are left to it (its outcome may be unknown: a
-        second close could close twice). Every close is tried, whatever
-        the others do; each one's result or error is returned.
+        already in flight, or a close order still working at the broker
+        (the rest of a partly filled one), are left to it: a second close
+        could close twice, and on a netting venue open the other way.
+        Every close is tried, whatever the others do; each one's result or
+        error is returned.
         """
         self._check_ready()
-        held, closing = await self.writer.execute(lambda unit: self._flatten_targets(unit, account))
+        working = {
+            order.position_ref
+            for order in await self._call(self.broker.open_orders())
+            if order.action is not OrderAction.OPEN and order.position_ref is not None
+        }
+        held, closing = await self.writer.execute(
+            lambda unit: self._flatten_targets(unit, account, working)
+        )
         results: list[Closing] = []
 
         async def close(position: UUID) -> None:
@@ -486,20 +495,30 @@ class Engine:
         return results
 
     def _flatten_targets(
-        self, unit: UnitOfWork, account: UUID | None
+        self, unit: UnitOfWork, account: UUID | None, working: set[str]
     ) -> tuple[list[UUID], set[UUID]]:
-        """Open positions of `account`, and those a close intent in flight already names."""
-        held = []
-        for position_id in self.store.open_positions():
-            position = unit.get(Position, position_id)
-            if position is not None and position.is_open and account in {None, position.account_id}:
-                held.append(position_id)
-        closing = set()
+        """Open positions of `account`, and those a close in flight or `working` (broker
+        references with a close order working) already closes."""
+        held = self._held(unit, account)
+        closing = {position.id for position in held if position.broker_ref in working}
         for intent_id in self.store.unfinished_intents():
             intent = unit.get(Intent, intent_id)
             if intent is not None and isinstance(intent.payload, CloseRequest):
                 closing.add(intent.payload.position_id)
-        return held, closing
+        return [position.id for position in held], closing
+
+    async def open_positions(self, account: UUID | None) -> list[UUID]:
+        """The open positions of `account` (None: of every account), as committed."""
+        held = await self.writer.execute(lambda unit: self._held(unit, account))
+        return [position.id for position in held]
+
+    def _held(self, unit: UnitOfWork, account: UUID | None) -> list[Position]:
+        held = []
+        for position_id in self.store.open_positions():
+            position = unit.get(Position, position_id)
+            if position is not None and position.is_open and account in {None, position.account_id}:
+                held.append(position)
+        return held
 
     @_operation("set-sl")
     async def change_stop_loss(

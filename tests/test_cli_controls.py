@@ -27,6 +27,7 @@ from ledger.account import account_id
 from ledger.controls import KillSwitchReleased, LimitsSet, RiskControls, controls_id
 from ledger.events import Event
 from ledger.instruments import Side
+from ledger.intent import CloseRequest, IntentRecorded
 from ledger.ports import BrokerPosition, ProtectionRequest
 from ledger.refusals import OperationRefused
 from tests.agreement import assert_agrees
@@ -56,6 +57,9 @@ class Operator(Desk):
             cwd=self.folder,
             env=env,
         )
+
+    def broker_command(self, *arguments: str):
+        return ledger("broker", *arguments, "--broker", self.clean_broker_url, cwd=self.folder)
 
     def stored_events(self) -> int:
         """The event count read in-process (`event_count()` asks `ledger info --json`)."""
@@ -290,7 +294,7 @@ def test_flattening_every_account_through_unknown_outcomes_ends_flat(desk):
         broker_url=lost,
     )  # fmt: skip
     assert engaged.returncode == 3, engaged.stderr
-    assert "2 position(s) not closed yet; the switch stays latched" in one_line(engaged.stderr)
+    assert "2 position(s) still open; the switch stays latched" in one_line(engaged.stderr)
     lines = engaged.stdout.strip().splitlines()
     assert lines[0] == "kill switch engaged for every account, flattening"
     assert len([line for line in lines if "not closed yet" in line]) == 2, lines
@@ -324,6 +328,41 @@ def test_flattening_every_account_through_unknown_outcomes_ends_flat(desk):
     refused = desk.with_broker("kill-switch", "flatten", "--all")
     assert refused.returncode == 1
     assert "no kill switch engaged with --flatten for every account" in one_line(refused.stderr)
+
+
+def test_a_partly_filled_close_is_not_flat_and_is_never_closed_twice(desk):
+    desk.trade(("BTCUSD", Side.LONG, "0.1", 5000))
+    partial = f"{desk.clean_broker_url}&faults=partial_fill:1"
+    engaged = desk.with_broker(
+        "kill-switch", "engage", "--account", "main", "--flatten", "--reason", "halt",
+        broker_url=partial,
+    )  # fmt: skip
+    assert engaged.returncode == 3, engaged.stderr
+    assert "1 position(s) still open; the switch stays latched" in one_line(engaged.stderr)
+    working = desk.broker_command("orders", "--json")
+    (close,) = json.loads(working.stdout)
+    assert close["action"] in {"close", "reduce"}
+
+    # The rest of the close still works at the broker: no second close is sent.
+    again = desk.with_broker("kill-switch", "flatten", "--account", "main")
+    assert again.returncode == 3, again.stderr
+    assert "1 position(s) still open" in one_line(again.stderr)
+    closes = [
+        event
+        for event in desk.recorded("intent.recorded")
+        if isinstance(event, IntentRecorded) and isinstance(event.payload, CloseRequest)
+    ]
+    assert len(closes) == 1, again.stdout
+
+    # Once the rest fills, recovery records it: flat at the broker and in the ledger.
+    moved = desk.broker_command("advance", "1")
+    assert moved.returncode == 0, moved.stderr
+    done = desk.with_broker("kill-switch", "flatten", "--account", "main")
+    assert done.returncode == 0, done.stderr
+    assert desk.broker_positions() == []
+    with Store.open(desk.store_url) as store:
+        assert store.open_positions() == []
+        assert_agrees(store, desk.broker_positions())
 
 
 def test_controls_set_while_an_engine_runs_survive_its_kill_9(desk):
