@@ -10,6 +10,17 @@ PROBLEMS_MAX = 20
 """Problems kept in full; past these only the count goes on."""
 
 
+class LogBroken(Exception):  # noqa: N818 - reads as "the log is broken at ..."
+    """Raised when a replay meets an event its aggregate refuses: the log was altered."""
+
+    def __init__(self, sequence: int, detail: str) -> None:
+        self.sequence = sequence
+        super().__init__(
+            f"the log does not replay at event {sequence}: {detail}; "
+            "`ledger audit verify` names everything wrong with it"
+        )
+
+
 class ProblemKind(enum.StrEnum):
     ROW = "row"
     """A row of the events table cannot be read as a row."""

@@ -36,14 +36,16 @@ from uuid import UUID
 import msgspec
 
 from adapters.store import Store
+from audit.problems import LogBroken
 from audit.reading import PAGE_SIZE
 from audit.records import INTENT_ENDS, KIND_OF, Kind, Record, intent_of, position_of, record_of
 from audit.state import Fold, State
-from ledger.account import account_id
+from ledger.account import Account, account_id
 from ledger.controls import KillSwitchEngaged, KillSwitchReleased, LimitsSet
+from ledger.errors import IllegalTransition, InvalidValue, InvariantViolated, NotFound
 from ledger.events import Event
 from ledger.intent import IntentRecorded, OpenRequest
-from ledger.position import PositionClosed, PositionOpened, position_id
+from ledger.position import Position, PositionClosed, PositionOpened, position_id
 from ledger.reconciliation import ReconciliationRecorded
 from ledger.refusals import OperationRefused
 from projections.balances import BalanceRow
@@ -158,6 +160,10 @@ class Replay:
         self.store = store
         self.start = start
         self.until = until
+        if account is not None and store.get(Account, account_id(account)) is None:
+            raise NotFound(f"no account {account!r}")
+        if position is not None and store.get(Position, position) is None:
+            raise NotFound(f"no position {position}")
         self.filters: Sequence[Filter] = [
             *([AccountFilter(account)] if account is not None else []),
             *([PositionFilter(position)] if position is not None else []),
@@ -174,13 +180,16 @@ class Replay:
             raise RuntimeError("a replay is read once")
         self._started = True
         end = log_end(self.store)
-        stop = min(self.until, end) if isinstance(self.until, int) else end
+        stop = end if not isinstance(self.until, int) else self._checked_until(self.until, end)
         for page in pages(self.store, after=0, stop=stop, size=self.page_size):
             for sequence, event in page.events:
                 if isinstance(self.until, datetime) and event.recorded_at > self.until:
                     self._finished = True
                     return
-                self._fold.apply(sequence, event)
+                try:
+                    self._fold.apply(sequence, event)
+                except (InvariantViolated, IllegalTransition) as error:
+                    raise LogBroken(sequence, str(error)) from error
                 # Every filter sees every event: each keeps track of its streams.
                 shown = [each.selects(event) for each in self.filters]
                 if sequence >= self.start and all(shown):
@@ -188,6 +197,13 @@ class Replay:
             if self.progress is not None:
                 self.progress(page.end, stop)
         self._finished = True
+
+    def _checked_until(self, until: int, end: int) -> int:
+        if until < self.start:
+            raise InvalidValue("until", f"event {until} comes before --from {self.start}")
+        if until > end:
+            raise InvalidValue("until", f"event {until} is past the log's last event, {end}")
+        return until
 
     def state(self) -> State:
         """Balances and open positions after the last event replayed (of the filtered ones)."""

@@ -8,7 +8,8 @@ views' row shapes so that they compare field by field.
 
 Memory grows with the number of accounts and of open positions, never
 with the length of the history: a closed position is dropped, since
-nothing that can happen to it afterwards (a flag) changes what is open.
+nothing happens to a closed position; an event after its close is a
+broken log, refused like any event its aggregate would refuse.
 """
 
 from __future__ import annotations

@@ -14,21 +14,24 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, ParamSpec
+from typing import Annotated
 
 import msgspec
 import typer
 
 from adapters.store import DEFAULT_STORE_URL
 from audit.lifecycle import Lifecycle, lifecycle
+from audit.problems import LogBroken
 from audit.records import Record
 from audit.replay import Replay
 from audit.state import State
 from audit.statement import Line, statement
 from commands.shared import (
+    EXIT_AUDIT_FAILED,
     JsonOption,
     StoreOption,
     errors_as_exit_codes,
+    fail,
     open_store,
     print_json,
     show,
@@ -39,8 +42,6 @@ from ledger.errors import InvalidValue
 from ledger.ids import parse_id
 from ledger.origin import Origin
 from projections.rebuild import Progress
-
-P = ParamSpec("P")
 
 FromOption = Annotated[
     int | None,
@@ -140,7 +141,11 @@ def parse_time(text: str, field: str) -> datetime:
 def parse_until(text: str) -> int | datetime:
     """A sequence number (digits alone) or a time."""
     if text.isascii() and text.isdigit():
+        if int(text) < 1:
+            raise InvalidValue("until", "a sequence number is 1 or more")
         return int(text)
+    if text.isascii() and text.lstrip("-").isdigit():
+        raise InvalidValue("until", f"{text!r}: a sequence number is 1 or more")
     return parse_time(text, "until")
 
 
@@ -188,11 +193,14 @@ def replay(
         history = Replay(
             opened, start=start or 1, until=end, account=account, position=target, progress=progress
         )
-        for record in history.records():
-            if as_json:
-                print_json(record)
-            else:
-                sys.stdout.write(describe(record) + "\n")
+        try:
+            for record in history.records():
+                if as_json:
+                    print_json(record)
+                else:
+                    sys.stdout.write(describe(record) + "\n")
+        except LogBroken as error:
+            fail(str(error), EXIT_AUDIT_FAILED)
         state = history.state()
     if as_json:
         print_json({"state": state})
@@ -226,6 +234,8 @@ def account_statement(
     validate_account_name(account)
     since = None if start is None else parse_time(start, "from")
     up_to = None if until is None else parse_time(until, "until")
+    if since is not None and up_to is not None and up_to < since:
+        raise InvalidValue("until", f"{until} comes before --from {start}")
     with open_store(store) as opened:
         heading, lines = statement(opened, account, start=since, until=up_to)
         if as_csv:

@@ -52,15 +52,22 @@ class UnitOfWork:
         cache: dict[UUID, Aggregate],
         store: LedgerStore,
         fresh: dict[UUID, Aggregate | None] | None = None,
+        created: dict[UUID, Aggregate] | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
         self._fresh = {} if fresh is None else fresh
+        self._created = {} if created is None else created
+        """What the batch's earlier commands created: theirs to see, not yet stored."""
         self.new: dict[UUID, Aggregate] = {}
         self.loaded: dict[UUID, tuple[Aggregate, int]] = {}
 
     def get(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
-        aggregate = self.new.get(aggregate_id) or self._cache.get(aggregate_id)
+        aggregate = (
+            self.new.get(aggregate_id)
+            or self._created.get(aggregate_id)
+            or self._cache.get(aggregate_id)
+        )
         if aggregate is None:
             aggregate = self._store.get(aggregate_class, aggregate_id)
             if aggregate is None:
@@ -217,9 +224,10 @@ class Writer:
         """Run each command of `batch` in order; the units of those that did not refuse."""
         units: list[UnitOfWork] = []
         fresh: dict[UUID, Aggregate | None] = {}
+        created: dict[UUID, Aggregate] = {}
         for queued in batch:
             queued.result, queued.error = None, None
-            unit = UnitOfWork(self._cache, self._store, fresh)
+            unit = UnitOfWork(self._cache, self._store, fresh, created)
             try:
                 queued.result = queued.command(unit)
             except LedgerError as error:
@@ -232,6 +240,7 @@ class Writer:
             except Exception as error:
                 raise _CommandFailed(queued, error) from error
             units.append(unit)
+            created.update(unit.new)
         return units
 
     def _forget_finished(self) -> None:

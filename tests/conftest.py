@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 from adapters.store import Store
+from tests.agreement import assert_audit_clean
 from tests.postgres_server import throwaway_postgres
 
 # Property tests run on shared two-core machines: no deadline, modest counts.
@@ -59,11 +62,54 @@ def drop_postgres_schema(server_url: str, schema: str) -> None:
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    """A store URL for an empty schema of its own in the throwaway server."""
+def postgres_url(postgres_server: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store URL for an empty schema of its own in the throwaway server.
+
+    What the test leaves in it must pass `ledger audit verify` (see
+    `every_sqlite_store_audits_clean`) before the schema is dropped.
+    """
     schema, url = fresh_postgres_schema(postgres_server)
     yield url
-    drop_postgres_schema(postgres_server, schema)
+    try:
+        if not _tampered(request):
+            with Store.open(url) as store:
+                if store.info().event_count:
+                    assert_audit_clean(store)
+    finally:
+        drop_postgres_schema(postgres_server, schema)
+
+
+@pytest.fixture(autouse=True)
+def every_sqlite_store_audits_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every ledger store a test leaves in its folder passes `ledger audit verify`.
+
+    So every store the crash, fault and property tests produce is audited,
+    not only those a test thinks of checking. A test that damages stored
+    events on purpose says so with the `tampered` mark.
+    """
+    if "tmp_path" not in request.fixturenames or _tampered(request):
+        yield
+        return
+    # Asked for here, so that it is torn down after this fixture looks in it.
+    folder: Path = request.getfixturevalue("tmp_path")
+    yield
+    for path in sorted(folder.rglob("*.db")):
+        if _holds_ledger_events(path):
+            with Store.open(f"sqlite:///{path}") as store:
+                assert_audit_clean(store)
+
+
+def _tampered(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("tampered") is not None
+
+
+def _holds_ledger_events(path: Path) -> bool:
+    """Whether `path` is a ledger store with events (not a paper broker's books)."""
+    with closing(sqlite3.connect(path)) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if "stored_events" not in tables:
+            return False
+        return connection.execute("SELECT 1 FROM stored_events LIMIT 1").fetchone() is not None
 
 
 @pytest.fixture

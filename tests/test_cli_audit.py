@@ -45,6 +45,7 @@ def test_verify_json(history, tmp_path):
     assert len(verdict["head"]) == 64
 
 
+@pytest.mark.tampered
 def test_a_changed_event_exits_5_naming_where(history, tmp_path):
     path = history.removeprefix("sqlite:///")
     with sqlite3.connect(path) as raw:

@@ -170,6 +170,16 @@ def test_wal_show_json_is_the_intent_and_what_it_wrote(written, tmp_path):
         (["statement", "main", "--from", "soon"], "from: 'soon' is not an ISO 8601 time"),
         (["wal", "show", "not-an-id"], "intent: 'not-an-id' is not a valid id"),
         (["wal", "show", str(uuid4())], "no intent"),
+        (["replay", "--account", "ghost"], "no account 'ghost'"),
+        (["replay", "--position", "00000000-0000-0000-0000-000000000000"], "no position"),
+        (["replay", "--from", "5", "--until", "2"], "until: event 2 comes before --from 5"),
+        (["replay", "--until", "99999"], "until: event 99999 is past the log's last event"),
+        (["replay", "--until", "-5"], "until: '-5': a sequence number is 1 or more"),
+        (["replay", "--until", "0"], "until: a sequence number is 1 or more"),
+        (
+            ["statement", "main", "--from", "2030-01-01T00:00Z", "--until", "2020-01-01T00:00Z"],
+            "until: 2020-01-01T00:00Z comes before --from 2030-01-01T00:00Z",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_code_1_and_nothing_written(written, arguments, message):
@@ -184,6 +194,7 @@ def test_bad_input_is_one_line_exit_code_1_and_nothing_written(written, argument
     assert footprint(url) == before
 
 
+@pytest.mark.tampered
 def test_an_event_that_no_longer_decodes_stops_the_replay_with_one_line(sqlite_url, tmp_path):
     with Store.open(sqlite_url) as store:
         Scenario(store)
@@ -194,6 +205,50 @@ def test_an_event_that_no_longer_decodes_stops_the_replay_with_one_line(sqlite_u
     assert result.returncode == 3
     (line,) = result.stderr.splitlines()
     assert line.startswith("ledger: cannot decode stored event 'account.deposited/v1'")
+
+
+# The first account's stream, altered in place: a version missing, or one out of order.
+FIRST_ACCOUNT = (
+    "originator_id = (SELECT originator_id FROM stored_events "
+    "WHERE topic LIKE 'account.opened/%' ORDER BY rowid LIMIT 1)"
+)
+VERSION = "SELECT rowid FROM stored_events WHERE {account} AND originator_version = {version}"
+DAMAGES = {
+    "deleted": (["DELETE FROM stored_events WHERE rowid = {v2}"], "v3 after v1"),
+    # Versions 2 and 3 trade places in the log: each row is intact, their order is not.
+    "swapped": (
+        [
+            "UPDATE stored_events SET rowid = -1 WHERE rowid = {v2}",
+            "UPDATE stored_events SET rowid = {v2} WHERE rowid = {v3}",
+            "UPDATE stored_events SET rowid = {v3} WHERE rowid = -1",
+        ],
+        "v3 after v1",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.tampered
+def test_a_log_an_aggregate_refuses_stops_the_replay_with_one_line_exit_5(
+    sqlite_url, tmp_path, damage
+):
+    statements, problem = DAMAGES[damage]
+    with Store.open(sqlite_url) as store:
+        Scenario(store).write_everything()
+    with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as connection:
+        v2, v3 = (
+            connection.execute(VERSION.format(account=FIRST_ACCOUNT, version=n)).fetchone()[0]
+            for n in (2, 3)
+        )
+        for statement in statements:
+            assert connection.execute(statement.format(v2=v2, v3=v3)).rowcount == 1
+        connection.commit()
+    result = ledger("replay", "--store", sqlite_url, cwd=tmp_path)
+    assert result.returncode == 5, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ledger: the log does not replay at event ")
+    assert problem in line
+    assert "`ledger audit verify`" in line
 
 
 def test_replay_to_a_file_shows_progress_on_the_terminal(written, tmp_path):

@@ -39,6 +39,8 @@ from projections.balances import BALANCES
 from projections.database import Database
 from tests.projections.scenario import BTC, Scenario, usd
 
+pytestmark = pytest.mark.tampered  # these tests damage stored events on purpose
+
 
 class Corrupted:
     """The scenario's store and ids, and ways to write into it."""

@@ -21,7 +21,7 @@ from audit.replay import Replay
 from audit.state import State
 from ledger.account import Account, account_id
 from ledger.catalogue import EVENT_TYPES
-from ledger.errors import IllegalTransition
+from ledger.errors import IllegalTransition, NotFound
 from ledger.instruments import Price, Quantity, Side
 from ledger.intent import Intent, OpenRequest
 from ledger.position import Position, PositionFlag, Provenance, position_id
@@ -144,7 +144,8 @@ def test_reconciliation_reports_are_decoded_and_shown_to_the_accounts_they_name(
         {"finding": "external", "account": "main", "subject": "EXT-9", "detail": "0.2 BTCUSD"}
     ]
     assert replayed(store, account="main")[0][-1] == report
-    assert replayed(store, account="desk")[0] == []
+    with pytest.raises(NotFound, match="no account 'desk'"):
+        replayed(store, account="desk")
     assert {record.type for record in records} <= {cls.stored_name for cls in EVENT_TYPES}
 
 

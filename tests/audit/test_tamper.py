@@ -35,6 +35,8 @@ from projections.seals import SEALS, head, seal
 from tests.conftest import drop_postgres_schema, fresh_postgres_schema
 from tests.projections.scenario import Scenario, usd
 
+pytestmark = pytest.mark.tampered  # these tests damage stored events on purpose
+
 SEALED_EVERY = 10
 MUTATIONS = 150
 DELETIONS = 15

@@ -141,3 +141,11 @@ async def test_a_failed_save_reaches_every_caller_as_an_error_of_its_own(store):
     assert first is not second
     assert first.__cause__ is second.__cause__
     assert str(first) == str(second) == "disk gone"
+
+
+async def test_a_command_sees_what_an_earlier_one_in_its_batch_created(store):
+    # Two deposits to a new account in one batch: the second finds the account the first
+    # opened, rather than opening it again.
+    outcomes = await one_batch(Writer(store), [deposit("new", "1"), deposit("new", "2")])
+    assert outcomes == [usd("1"), usd("3")]
+    assert total(store, "new") == usd("3")
