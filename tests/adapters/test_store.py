@@ -143,6 +143,7 @@ def test_info_counts_events_and_reports_the_schema_version(store):
     assert store.info().last_sequence == 2
 
 
+@pytest.mark.tampered
 def test_a_store_from_a_newer_ledger_is_refused(store_url):
     with Store.open(store_url) as store:
         table = store._table("ledger_schema")

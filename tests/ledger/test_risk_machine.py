@@ -648,6 +648,11 @@ class RiskMachine(RuleBasedStateMachine):
                 # Only a wider stop is a new risk: a tighter one goes under any control.
                 allowed |= {Control.KILL_SWITCH} if self.killed(name) else set()
                 allowed |= {Control.RISK_PER_TRADE, Control.STOP_LOSS_REQUIRED}
+                limits = self.limits[name]
+                if limits.max_daily_loss is not None:
+                    allowed.add(Control.MAX_DAILY_LOSS)
+                if limits.max_daily_loss_pct is not None:
+                    allowed.add(Control.MAX_DAILY_LOSS_PCT)
             self.was_refused(error, before, "set-sl", allowed)
         except (OperationRejected, OutcomeUnknown) as error:
             hypothesis.event(f"set-sl: {type(error).__name__}")
