@@ -12,11 +12,10 @@ Where the replay ends:
 - `until` a sequence number: after the event with that number;
 - `until` a time: before the first event recorded after it, so that
   every event replayed was recorded at or before it. Recorded times are
-  the ledger's own clock, read by the single writer as it applies each
-  command: they rise from one commit to the next, but inside one commit
-  events are stored aggregate by aggregate, and their times may
-  interleave (a deposit recorded just before its intent is stored after
-  it);
+  the ledger's own clock, read once per commit by the single writer:
+  every event of one commit has the same time, and the times never go
+  back from one commit to the next, so a cut at a time falls between
+  commits, never inside one;
 - neither: at the last event committed when the replay began.
 
 An account filter shows the account's events, those of its positions and
@@ -199,7 +198,7 @@ class Replay:
         self._finished = True
 
     def _checked_until(self, until: int, end: int) -> int:
-        if until < self.start:
+        if 0 < until < self.start:  # 0: the state before any event
             raise InvalidValue("until", f"event {until} comes before --from {self.start}")
         if until > end:
             raise InvalidValue("until", f"event {until} is past the log's last event, {end}")

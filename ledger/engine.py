@@ -85,7 +85,7 @@ from ledger.ports import (
 from ledger.position import Position, check_protection
 from ledger.refusals import Refusal
 from ledger.results import Closing, OperationResult
-from ledger.writer import UnitOfWork, Writer, tagged
+from ledger.writer import UnitOfWork, Writer, tagged, utc_now
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -105,10 +105,6 @@ QUOTE_AGE_MAX = timedelta(seconds=30)
 """An open priced from an older quote is refused: the market may have moved anywhere."""
 PROBE_INTERVAL = timedelta(seconds=5)
 """How often an open circuit breaker lets a write try a read probe."""
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
@@ -198,7 +194,6 @@ class Engine:
         self.store = store
         self.broker = broker
         self.epoch = epoch
-        self.clock = clock
         self.broker_timeout = broker_timeout
         self.quote_age_max = quote_age_max
         self.price_protection = price_protection
@@ -210,7 +205,9 @@ class Engine:
         """Writes in a row whose outcome stayed unknown (answer lost, no evidence found)."""
         self._probed_at: datetime | None = None
         self.observer = observer or Unobserved()
-        self.writer = Writer(store, observer=self.observer)
+        self.writer = Writer(store, observer=self.observer, clock=clock)
+        self.clock: Callable[[], datetime] = self.writer.now
+        """What events are recorded at: in the writer, one time per commit (see `Writer.now`)."""
         self.ready = False
         """False until startup recovery is done: until then every operation is refused."""
         self.frozen: dict[tuple[UUID, str], UUID] = {}

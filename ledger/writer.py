@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -42,6 +44,13 @@ T = TypeVar("T")
 
 QUEUE_MAX = 4096
 BATCH_MAX = 512
+
+_BATCH_TIME: ContextVar[datetime | None] = ContextVar("batch_time", default=None)
+"""The recorded time of the batch the writer's thread is applying, if any."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class UnitOfWork:
@@ -143,14 +152,27 @@ class Writer:
         queue_max: int = QUEUE_MAX,
         batch_max: int = BATCH_MAX,
         observer: Observer | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
+        self._clock = clock
+        self._last_time: datetime | None = None
         self._observer = observer or Unobserved()
         self._batch_max = batch_max
         self._send, self._receive = anyio.create_memory_object_stream[_Queued[Any]](queue_max)
         self._limiter = anyio.CapacityLimiter(1)
         self._cache: dict[UUID, Aggregate] = {}
         self.statistics = WriterStatistics()
+
+    def now(self) -> datetime:
+        """The time to record an event at.
+
+        Inside a batch, the batch's own: one time for every event of one
+        transaction, never earlier than the last batch's, so that the log's
+        recorded times rise with it and a cut at a time never splits a
+        commit. Anywhere else, the clock's.
+        """
+        return _BATCH_TIME.get() or self._clock()
 
     async def execute(self, command: Callable[[UnitOfWork], T]) -> T:
         """Run `command` in the writer; return once its commit is durable."""
@@ -188,6 +210,17 @@ class Writer:
 
     def _commit(self, batch: list[_Queued[Any]]) -> bool:
         """Run `batch` and save what it changed in one transaction; whether anything was saved."""
+        moment = self._clock()
+        if self._last_time is not None and moment < self._last_time:
+            moment = self._last_time  # the clock stepped back: the log's times never do
+        self._last_time = moment
+        token = _BATCH_TIME.set(moment)
+        try:
+            return self._commit_at(batch)
+        finally:
+            _BATCH_TIME.reset(token)
+
+    def _commit_at(self, batch: list[_Queued[Any]]) -> bool:
         running = list(batch)
         while True:
             try:

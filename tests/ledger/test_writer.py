@@ -149,3 +149,26 @@ async def test_a_command_sees_what_an_earlier_one_in_its_batch_created(store):
     outcomes = await one_batch(Writer(store), [deposit("new", "1"), deposit("new", "2")])
     assert outcomes == [usd("1"), usd("3")]
     assert total(store, "new") == usd("3")
+
+
+async def test_a_batch_records_one_time_and_the_times_never_go_back(store):
+    readings = iter([datetime(2026, 3, 4, 10, tzinfo=UTC), datetime(2026, 3, 4, 9, tzinfo=UTC)])
+    writer = Writer(store, clock=lambda: next(readings))
+
+    def stamped(name: str) -> Callable[[UnitOfWork], datetime]:
+        def command(unit: UnitOfWork) -> datetime:
+            account = unit.get(Account, account_id(name)) or Account.open(
+                name, "USD", recorded_at=writer.now()
+            )
+            unit.add(account)
+            account.deposit(usd("1"), recorded_at=writer.now())
+            return writer.now()
+
+        return command
+
+    first = await one_batch(writer, [stamped("a"), stamped("b")])
+    assert first == [datetime(2026, 3, 4, 10, tzinfo=UTC)] * 2
+    writer = Writer(store, clock=lambda: datetime(2026, 3, 4, 9, tzinfo=UTC))
+    writer._last_time = datetime(2026, 3, 4, 10, tzinfo=UTC)  # as after the first batch
+    second = await one_batch(writer, [stamped("c")])
+    assert second == [datetime(2026, 3, 4, 10, tzinfo=UTC)]  # the clock stepped back; not the log
