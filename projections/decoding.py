@@ -17,6 +17,7 @@ import types
 import typing
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import Notification
@@ -31,7 +32,8 @@ def _unchecked(self: object) -> None:
 
 @cache
 def trusted(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
-    """A subclass of `cls` (and of the structs in its fields) that skips `__post_init__`."""
+    """A subclass of `cls` (and of the structs in its fields) that skips `__post_init__`;
+    `cls` itself when neither it nor any struct in its fields checks anything."""
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for info in msgspec.structs.fields(cls):
         hint = _trusted_hint(info.type)
@@ -44,6 +46,8 @@ def trusted(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
                 )
             else:
                 fields.append((info.name, hint))
+    if not fields and not hasattr(cls, "__post_init__"):
+        return cls
     config = cls.__struct_config__
     return msgspec.defstruct(
         f"Trusted{cls.__name__}",
@@ -56,12 +60,15 @@ def trusted(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
         omit_defaults=config.omit_defaults,
         forbid_unknown_fields=config.forbid_unknown_fields,
         array_like=config.array_like,
+        # A member of a tagged union keeps its tag: the union is told apart by it.
+        tag=config.tag,
+        tag_field=config.tag_field,
     )
 
 
 def _trusted_hint(hint: Any) -> Any:  # noqa: ANN401 - any field annotation
     if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
-        return trusted(hint) if hasattr(hint, "__post_init__") else hint
+        return trusted(hint)
     origin = typing.get_origin(hint)
     arguments = typing.get_args(hint)
     if origin in {typing.Union, types.UnionType}:
@@ -88,22 +95,41 @@ class ViewDecoder:
             if cls.stored_name in names
         }
 
-    def decode(self, notification: Notification) -> Event:
-        decoder = self._decoders.get(notification.topic)
+    def decode(self, row: RawRow) -> Event:
+        """The event stored in `row`, read straight from the events table."""
+        sequence, stored_id, version, topic, state = row
+        decoder = self._decoders.get(topic)
         event: object
         if decoder is None or self._careful:
-            event = self.store.application.mapper.to_domain_event(notification)
+            identity = stored_id if isinstance(stored_id, UUID) else UUID(stored_id)
+            event = self.store.application.mapper.to_domain_event(
+                Notification(
+                    id=sequence,
+                    originator_id=identity,
+                    originator_version=version,
+                    topic=topic,
+                    state=bytes(state),
+                )
+            )
         else:
-            event = decoder.decode(notification.state)
+            event = decoder.decode(state)
             if not isinstance(event, Event):  # pragma: no cover - the decoder is typed
-                raise TypeError(f"{notification.topic} decoded to {type(event).__name__}")
-            # Stored twice, in the row and in the state: they must agree.
-            if (event.originator_id, event.originator_version) != (
-                notification.originator_id,
-                notification.originator_version,
-            ):
-                msg = f"{notification.topic} #{notification.id}: its row and state disagree"
+                raise TypeError(f"{topic} decoded to {type(event).__name__}")
+            # Stored twice, in the row and in the state: they must agree. SQLite keeps
+            # the id as text, in the form eventsourcing writes it (32 hex digits).
+            same_id = (
+                event.originator_id == stored_id
+                if isinstance(stored_id, UUID)
+                else event.originator_id.hex == stored_id
+            )
+            if not same_id or event.originator_version != version:
+                msg = f"{topic} #{sequence}: its row and state disagree"
                 raise ValueError(msg)
         if not isinstance(event, Event):  # pragma: no cover - both decoders are typed
-            raise TypeError(f"{notification.topic} decoded to {type(event).__name__}")
+            raise TypeError(f"{topic} decoded to {type(event).__name__}")
         return event
+
+
+RawRow = tuple[int, "UUID | str", int, str, bytes]
+"""A row of the events table: sequence, originator id (a UUID, or SQLite's text), version,
+topic, state."""

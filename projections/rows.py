@@ -149,6 +149,8 @@ class Rows(Generic[R]):
         self._key = table.key_getter()
         self._kept: dict[Any, R | None] = {}
         self._changed: set[Any] = set()
+        self._stored: set[Any] = set()
+        """Unbound: the keys of the rows the table holds (every row it holds went through here)."""
         qualified = database.table(name)
         names = [column.name for column in table.columns]
         where = " AND ".join(f"{key} = ?" for key in table.key)
@@ -192,11 +194,21 @@ class Rows(Generic[R]):
         """Write every changed row (and delete every deleted one); return how many."""
         upserts: list[tuple[Any, ...]] = []
         deletes: list[tuple[Any, ...]] = []
+        holds_all = self._cursor is None
         for key in self._changed:
             row = self._kept[key]
             if row is None:
+                if holds_all:
+                    # A rebuild: a row that came and went between two flushes (an intent
+                    # recorded and finished) was never written, and its gap need not be kept.
+                    del self._kept[key]
+                    if key not in self._stored:
+                        continue
+                    self._stored.discard(key)
                 deletes.append(self.table.encode_key((key,) if self._single else key))
             else:
+                if holds_all:
+                    self._stored.add(key)
                 upserts.append(self.table.encode(row))
         if deletes:
             cursor.executemany(self._delete, deletes)
@@ -209,3 +221,4 @@ class Rows(Generic[R]):
         """Drop every kept row: the next batch reads them again."""
         self._kept.clear()
         self._changed.clear()
+        self._stored.clear()
