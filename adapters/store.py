@@ -230,6 +230,15 @@ class Store:
             return None
         return aggregate
 
+    def refreshed(self, aggregate_class: type[A], aggregate_id: UUID, known: A | None) -> A | None:
+        if known is None:
+            return self.get(aggregate_class, aggregate_id)
+        stored = self.application.recorder.select_events(aggregate_id, gt=known.version)
+        if not stored:
+            return known
+        events = [self.application.mapper.to_domain_event(item) for item in stored]
+        return aggregate_class.project(known, events)
+
     def unfinished_intents(self) -> list[UUID]:
         """Intents recorded and not yet terminal, oldest first."""
         return self._live(INTENT_STARTS, INTENT_ENDS)

@@ -290,6 +290,14 @@ class LedgerStore(Protocol):
         """The aggregate as stored, or None if it has no events."""
         ...
 
+    def refreshed(self, aggregate_class: type[A], aggregate_id: UUID, known: A | None) -> A | None:
+        """`known` (an earlier `get` of it, or None) with the events stored since applied.
+
+        Reads only what was stored after `known`: for an aggregate other
+        processes may write, checked on every batch.
+        """
+        ...
+
     def unfinished_intents(self) -> list[UUID]:
         """Every intent that has not reached a terminal status, oldest first."""
         ...

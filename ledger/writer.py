@@ -62,10 +62,13 @@ class UnitOfWork:
         store: LedgerStore,
         fresh: dict[UUID, Aggregate | None] | None = None,
         created: dict[UUID, Aggregate] | None = None,
+        read: dict[UUID, Aggregate | None] | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
         self._fresh = {} if fresh is None else fresh
+        self._read = {} if read is None else read
+        """What earlier batches read of the aggregates other processes write."""
         self._created = {} if created is None else created
         """What the batch's earlier commands created: theirs to see, not yet stored."""
         self.new: dict[UUID, Aggregate] = {}
@@ -89,13 +92,19 @@ class UnitOfWork:
         return aggregate
 
     def current(self, aggregate_class: type[A], aggregate_id: UUID) -> A | None:
-        """An aggregate other processes write (risk controls), as read at this batch's start.
+        """An aggregate other processes write (risk controls), as stored at this batch's start.
 
-        Read from the store once per batch, never cached beyond it, and
-        never saved: the writer only reads these.
+        Brought up to date from the store once per batch (reading only the
+        events stored since the last batch read it), and never saved: the
+        writer only reads these.
         """
         if aggregate_id not in self._fresh:
-            self._fresh[aggregate_id] = self._store.get(aggregate_class, aggregate_id)
+            known = self._read.get(aggregate_id)
+            if known is not None and not isinstance(known, aggregate_class):
+                raise InvariantViolated(f"{aggregate_id} is a {type(known).__name__}")
+            self._fresh[aggregate_id] = self._read[aggregate_id] = self._store.refreshed(
+                aggregate_class, aggregate_id, known
+            )
         aggregate = self._fresh[aggregate_id]
         if aggregate is not None and not isinstance(aggregate, aggregate_class):
             raise InvariantViolated(f"{aggregate_id} is a {type(aggregate).__name__}")
@@ -162,6 +171,7 @@ class Writer:
         self._send, self._receive = anyio.create_memory_object_stream[_Queued[Any]](queue_max)
         self._limiter = anyio.CapacityLimiter(1)
         self._cache: dict[UUID, Aggregate] = {}
+        self._read: dict[UUID, Aggregate | None] = {}
         self.statistics = WriterStatistics()
 
     def now(self) -> datetime:
@@ -229,6 +239,7 @@ class Writer:
                 # Its aggregates may be half changed: drop them all, and run
                 # the others again without it, on state fresh from the store.
                 self._cache.clear()
+                self._read.clear()
                 failed.queued.error = failed.error
                 running.remove(failed.queued)
                 continue
@@ -241,6 +252,7 @@ class Writer:
         except BaseException as error:  # noqa: BLE001 - every caller must hear of it
             # Nothing was saved: what the cache holds may be ahead of the store.
             self._cache.clear()
+            self._read.clear()
             for queued in running:
                 if queued.error is None:
                     queued.error = _own(error)
@@ -260,7 +272,7 @@ class Writer:
         created: dict[UUID, Aggregate] = {}
         for queued in batch:
             queued.result, queued.error = None, None
-            unit = UnitOfWork(self._cache, self._store, fresh, created)
+            unit = UnitOfWork(self._cache, self._store, fresh, created, self._read)
             try:
                 queued.result = queued.command(unit)
             except LedgerError as error:
