@@ -30,6 +30,7 @@ from typing import NamedTuple, TypeVar
 from uuid import UUID
 
 from audit.problems import ProblemKind, Problems
+from audit.records import KIND_OF, Kind
 from ledger.account import Account, Deposited, FundsSettled, PnlRealised, Withdrawn
 from ledger.aggregate import Aggregate
 from ledger.errors import InvariantViolated, LedgerError
@@ -102,14 +103,14 @@ class Ledger:
         """Idempotency keys, each with the intent it names and the answer kept for it."""
 
     def apply(self, sequence: int, event: Event) -> None:
-        family = event.stored_name.partition(".")[0]
-        if family == "account":
+        kind = KIND_OF[event.stored_name]
+        if kind is Kind.ACCOUNT:
             self._account(sequence, event)
-        elif family == "intent":
+        elif kind is Kind.INTENT:
             self._intent(sequence, event)
-        elif family == "position":
+        elif kind is Kind.POSITION:
             self._position(sequence, event)
-        elif family == "request":
+        elif kind is Kind.REQUEST:
             self._fold(self.requests, KeyedRequest, ProblemKind.REQUEST, sequence, event)
 
     def balances(self) -> dict[UUID, Balance]:

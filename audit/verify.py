@@ -34,6 +34,7 @@ from eventsourcing.persistence import StoredEvent
 from adapters.store import Store
 from audit.invariants import APPLY_ERRORS, Balance, Ledger
 from audit.problems import Problem, ProblemKind, Problems
+from audit.records import KIND_OF
 from ledger.account import Account
 from ledger.events import Event
 from projections.balances import BALANCES, BalancesView
@@ -195,7 +196,7 @@ class _Audit:
 
     def _in_order(self, sequence: int, event: Event) -> bool:
         """Whether `event` is the next event of its aggregate; a problem if not."""
-        kind = event.stored_name.partition(".")[0]
+        kind = KIND_OF[event.stored_name]
         seen = self.streams.get(event.originator_id)
         if seen is not None and seen[1] < 0:
             return False  # out of order already: named once, where it showed
@@ -350,7 +351,7 @@ def _balances_view(database: Database) -> _BalancesSeen | None:
     """The balances view's rows and position, read together; None if there is no view."""
     view = BalancesView(database)
     with database.snapshot() as cursor:
-        if not database.tables_named_like(cursor, BALANCES.name.replace("_", "\\_")):
+        if not database.has_table(cursor, BALANCES.name):
             return None
         tracked = view.tracking.read(cursor)
         if tracked is None:

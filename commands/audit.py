@@ -84,7 +84,13 @@ def _show(verdict: Verdict) -> None:
         typer.echo(problem.describe())
     if verdict.problem_count > len(verdict.problems):
         typer.echo(f"... and {verdict.problem_count - len(verdict.problems)} more problems")
-    if verdict.ok:
+    if verdict.ok and verdict.seals_checked == 0 and verdict.events:
+        # A store that was never sealed and one whose seals were removed look alike.
+        typer.echo(
+            "ok, but no seal covers any event: only an anchor kept outside the database "
+            "(`ledger audit head`) can show the log was not rewritten"
+        )
+    elif verdict.ok:
         typer.echo("ok: the chain matches every seal and the invariants hold")
 
 

@@ -241,10 +241,20 @@ def account_statement(
         if as_csv:
             write_csv(lines)
         elif as_json:
-            print_json({**msgspec.structs.asdict(heading), "lines": list(lines)})
+            write_json(heading, lines)
         else:
             typer.echo(f"statement of {heading.account} ({heading.currency})")
             show(list(lines), LINE_COLUMNS, as_json=False)
+
+
+def write_json(heading: msgspec.Struct, lines: Iterator[Line]) -> None:
+    """One JSON object, the heading's fields and "lines", written line by line as they are
+    read: memory stays the same however long the statement."""
+    head = msgspec.json.encode({**msgspec.structs.asdict(heading), "lines": []})
+    sys.stdout.write(head[: -len(b"[]}")].decode() + "[")
+    for index, line in enumerate(lines):
+        sys.stdout.write(("," if index else "") + msgspec.json.encode(line).decode())
+    sys.stdout.write("]}\n")
 
 
 def write_csv(lines: Iterator[Line]) -> None:

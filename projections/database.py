@@ -35,6 +35,11 @@ def values(row: Any) -> tuple[Any, ...]:  # noqa: ANN401 - a sqlite3.Row or a ps
     return tuple(row.values()) if isinstance(row, dict) else tuple(row)
 
 
+def like_literal(text: str) -> str:
+    """`text` as a SQL LIKE pattern that matches only itself (`\\` escapes)."""
+    return text.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
 class Database:
     """The store's database, as the views use it."""
 
@@ -103,6 +108,10 @@ class Database:
         if self.postgres:
             key = zlib.crc32(f"ledger views {self.table('')}".encode())
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    def has_table(self, cursor: Cursor, name: str) -> bool:
+        """Whether this schema has a table called `name`."""
+        return bool(self.tables_named_like(cursor, like_literal(name)))
 
     def tables_named_like(self, cursor: Cursor, pattern: str) -> list[str]:
         """Names of this schema's tables matching the SQL LIKE `pattern` (`\\` escapes)."""

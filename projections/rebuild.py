@@ -20,7 +20,7 @@ import msgspec
 
 from adapters.store import Store
 from projections.catalogue import VIEWS, live_views, view_names
-from projections.database import Cursor, Database
+from projections.database import Cursor, Database, like_literal
 from projections.errors import ViewNotTracked, ViewsKeepMoving
 from projections.log import Page, log_end
 from projections.rows import Table
@@ -140,7 +140,7 @@ def _drop_leftovers(database: Database, cursor: Cursor, names: list[str]) -> Non
     for name in names:
         view = VIEWS[name]
         for table in view.tables:
-            pattern = _like_literal(table.name + FRESH_MARK) + "%"
+            pattern = like_literal(table.name + FRESH_MARK) + "%"
             for leftover in database.tables_named_like(cursor, pattern):
                 cursor.execute(f"DROP TABLE IF EXISTS {database.table(leftover)}")
         cursor.execute(
@@ -148,12 +148,8 @@ def _drop_leftovers(database: Database, cursor: Cursor, names: list[str]) -> Non
                 f"DELETE FROM {database.table(TRACKING_TABLE)} "  # noqa: S608 - our own table
                 "WHERE view_name LIKE ? ESCAPE '\\'"
             ),
-            (_like_literal(view.name + FRESH_MARK) + "%",),
+            (like_literal(view.name + FRESH_MARK) + "%",),
         )
-
-
-def _like_literal(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
 
 
 def _swap(database: Database, live: list[View], fresh: list[View]) -> int:

@@ -198,10 +198,12 @@ class Rows(Generic[R]):
         for key in self._changed:
             row = self._kept[key]
             if row is None:
+                # Deleted: a later read finds it absent (or asks the table). Keeping the gap
+                # would keep a key for every intent that ever finished.
+                del self._kept[key]
                 if holds_all:
                     # A rebuild: a row that came and went between two flushes (an intent
-                    # recorded and finished) was never written, and its gap need not be kept.
-                    del self._kept[key]
+                    # recorded and finished) was never written.
                     if key not in self._stored:
                         continue
                     self._stored.discard(key)
@@ -216,6 +218,11 @@ class Rows(Generic[R]):
             cursor.executemany(self._upsert, upserts)
         self._changed.clear()
         return len(upserts) + len(deletes)
+
+    @property
+    def kept(self) -> int:
+        """How many rows are kept."""
+        return len(self._kept)
 
     def forget(self) -> None:
         """Drop every kept row: the next batch reads them again."""

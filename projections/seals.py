@@ -133,7 +133,7 @@ def _exists(database: Database) -> bool:
     if database.store in _known:
         return True
     with database.transaction(commit=False) as cursor:
-        found = bool(database.tables_named_like(cursor, SEALS.name.replace("_", "\\_")))
+        found = database.has_table(cursor, SEALS.name)
     if found:
         _known.add(database.store)
     return found

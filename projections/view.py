@@ -44,6 +44,10 @@ def topics_of(handles: frozenset[type[Event]]) -> tuple[str, ...]:
     )
 
 
+KEPT_ROWS_MAX = 20_000
+"""Rows a view keeps between batches, at most: past this it reads them again as needed."""
+
+
 class View(Projection[ViewTracking]):
     """A read model: tables, the events it reads, and how each event changes its rows.
 
@@ -153,6 +157,12 @@ class View(Projection[ViewTracking]):
                 self.apply(event)
         for rows in self._rows:
             rows.flush(cursor)
+        if sum(rows.kept for rows in self._rows) > KEPT_ROWS_MAX:
+            # Written, so safe to drop: later batches read what they need again. A view
+            # with many rows (every position ever) never holds them all in memory.
+            for rows in self._rows:
+                rows.forget()
+            self._holds_all = False
         self.tracked = msgspec.structs.replace(tracked, notification_id=end)
 
     @abstractmethod

@@ -57,6 +57,22 @@ def test_a_changed_event_exits_5_naming_where(history, tmp_path):
     assert line.startswith("ledger: decode at event 3: the event does not decode")
 
 
+@pytest.mark.tampered
+def test_a_store_without_seals_verifies_with_a_warning_that_only_an_anchor_can_prove_it(
+    history, tmp_path
+):
+    path = history.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"DROP TABLE {SEALS.name}")
+    result = ledger("audit", "verify", "--store", history, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "0 seals checked" in result.stdout
+    assert result.stdout.endswith(
+        "ok, but no seal covers any event: only an anchor kept outside the database "
+        "(`ledger audit head`) can show the log was not rewritten\n"
+    )
+
+
 def test_head_anchors_a_later_verify(history, tmp_path):
     shown = ledger("audit", "head", "--store", history, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
