@@ -42,7 +42,7 @@ from projections.chain import GENESIS, StoredRow, extend
 from projections.database import Database
 from projections.errors import MalformedRow
 from projections.log import log_end, stored_rows
-from projections.seals import Seal, seals
+from projections.seals import Seal, digest_of, digests, seals
 
 VERIFY_PAGE_SIZE = 1000
 """Events read per query."""
@@ -104,6 +104,10 @@ class _Audit:
         self.diverged = False
         self.seals = seals(self.database)
         self.next_seal = next(self.seals, None)
+        self.digests = digests(self.database)
+        self.next_digest = next(self.digests, None)
+        self.first_digest = None if self.next_digest is None else self.next_digest.sequence
+        """Where the digests begin: a store sealed before they were kept has none before."""
         self.since = 0
         """The sequence of the last seal met (0: the start)."""
         self.events_sealed = 0
@@ -132,6 +136,7 @@ class _Audit:
             self.problems.add(ProblemKind.ROW, error.sequence, str(error))
         else:
             self._seals_after_the_log()
+            self._digests_after_the_log(stop)
             self._anchor_not_reached()
             self._balances_at(None)
             self.ledger.finish()
@@ -153,6 +158,7 @@ class _Audit:
     def _row(self, row: StoredRow) -> None:
         self._balances_at(row.sequence)
         self._seals_before(row.sequence)
+        self._check_digest(row)
         self.chain = extend(self.chain, row)
         self.checked = extend(self.checked, row) if self.diverged else self.chain
         if self.anchor is not None and self.anchor.sequence == row.sequence:
@@ -234,6 +240,36 @@ class _Audit:
             self.diverged = True
         self.since = seal.sequence
         self.events_sealed = self.chain.events
+
+    def _check_digest(self, row: StoredRow) -> None:
+        """Name the very event a change touched, where its digest was kept when chained."""
+        while self.next_digest is not None and self.next_digest.sequence < row.sequence:
+            self._missing(self.next_digest.sequence)
+            self.next_digest = next(self.digests, None)
+        if self.next_digest is not None and self.next_digest.sequence == row.sequence:
+            if self.next_digest.digest != digest_of(row):
+                self._exactly(row.sequence, "is not the event chained there: changed, or moved")
+            self.next_digest = next(self.digests, None)
+        elif (
+            self.next_digest is not None
+            and self.first_digest is not None
+            and row.sequence > self.first_digest
+        ):
+            self._exactly(row.sequence, "was not in the log when it was chained: added")
+
+    def _digests_after_the_log(self, stop: int) -> None:
+        """Digests of events up to the log's end that no row reached: those events are gone."""
+        while self.next_digest is not None and self.next_digest.sequence <= stop:
+            self._missing(self.next_digest.sequence)
+            self.next_digest = next(self.digests, None)
+
+    def _missing(self, sequence: int) -> None:
+        self._exactly(sequence, "was chained and is missing from the log: removed, or moved")
+
+    def _exactly(self, sequence: int, what: str) -> None:
+        self.problems.add(
+            ProblemKind.CHAIN, sequence, f"event {sequence} {what}", since=sequence - 1
+        )
 
     def _seals_before(self, sequence: int) -> None:
         """Seals of sequences before `sequence` that no event holds."""

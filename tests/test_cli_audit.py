@@ -54,7 +54,12 @@ def test_a_changed_event_exits_5_naming_where(history, tmp_path):
     assert result.returncode == 5
     assert json.loads(result.stdout)["problems"][0]["sequence"] == 3
     (line,) = result.stderr.splitlines()
-    assert line.startswith("ledger: decode at event 3: the event does not decode")
+    assert (
+        line
+        == "ledger: chain at event 3: event 3 is not the event chained there: changed, or moved"
+    )
+    kinds = [problem["kind"] for problem in json.loads(result.stdout)["problems"]]
+    assert kinds[:2] == ["chain", "decode"]
 
 
 @pytest.mark.tampered
