@@ -19,7 +19,7 @@ from pathlib import Path
 
 from adapters.store import Store
 from bench.load import broker_url
-from projections.catalogue import VIEWS, live_views
+from projections.catalogue import live_views
 from projections.database import Database
 
 KIB = 1024
@@ -35,7 +35,7 @@ def without_views(history: Path, copy: Path) -> str:
     with Store.open(url) as store:
         database = Database(store)
         with database.transaction(commit=True) as cursor:
-            for view in live_views(database, list(VIEWS)):
+            for view in live_views(database):
                 view.drop(cursor)
     return url
 

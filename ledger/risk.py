@@ -90,11 +90,7 @@ def exposure(
 
 def position_risk(held: Position, stop: Decimal | None) -> Money | None:
     """What `held` can still lose with its stop-loss at `stop`; None when nothing bounds it."""
-    if stop is None:
-        return stops.unprotected_risk(held.instrument, held.side, held.quantity, held.entry_price)
-    return stops.holding_risk(
-        held.instrument, held.side, held.quantity, held.entry_price, Price(stop)
-    )
+    return stops.risk_at(held.instrument, held.side, held.quantity, held.entry_price, stop)
 
 
 def check_new_open(
@@ -117,11 +113,7 @@ def check_new_open(
     refuse_if_killed(unit, account, "new opens")
     limits = controls(unit, account.id).limits
     stops.check_risk(instrument, side, quantity, entry, stop, limits=limits, total=account.total)
-    held = (
-        stops.unprotected_risk(instrument, side, quantity, entry)
-        if stop is None
-        else stops.holding_risk(instrument, side, quantity, entry, Price(stop))
-    )
+    held = stops.risk_at(instrument, side, quantity, entry, stop)
     at_risk = None if held is None else held + instrument.fee(quantity, entry)
     notional = Money.rounded(
         instrument.notional(quantity, entry), instrument.quote_currency, decimal.ROUND_UP

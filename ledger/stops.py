@@ -60,15 +60,17 @@ def holding_risk(
     return instrument.loss_at(side, quantity, entry, stop) + instrument.fee(quantity, stop)
 
 
-def unprotected_risk(
-    instrument: Instrument, side: Side, quantity: Quantity, entry: Price
+def risk_at(
+    instrument: Instrument, side: Side, quantity: Quantity, entry: Price, stop: Decimal | None
 ) -> Money | None:
-    """What a position without a stop-loss can lose; None when nothing bounds it.
+    """What a position held from `entry` can still lose with its stop-loss at `stop`.
 
-    A stake loses at most its stake, a long at most its whole value (the
-    price falling to zero, where no fee is left to pay); a short, nothing
-    bounds.
+    With a stop: the move to it and the fee out. Without one: a stake at
+    most its stake, a long at most its whole value (the price falling to
+    zero, where no fee is left to pay); a short, nothing bounds (None).
     """
+    if stop is not None:
+        return holding_risk(instrument, side, quantity, entry, Price(stop))
     if instrument.funding is Funding.STAKE:
         return instrument.funds_required(quantity, entry)
     if side is Side.LONG:
